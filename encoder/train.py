@@ -1,0 +1,170 @@
+"""Train an autoencoder, without labels, on a folder of images; write a model dir.
+
+The loop reads straight down: shuffle, batch, forward, backward, step, evaluate, keep the best,
+stop early when validation loss stops improving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoder.model_dir import save_model_dir
+from encoder.models import EncoderConfig, build_model, code_dim
+from encoder.plots import save_loss_curve, save_reconstructions
+from encoder.preprocess import ImageDecodeError, ImageTooLargeError, Preprocess, is_image_name, load_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "conv-ae"  # simple-ae | conv-ae
+    image_size: int = 64  # square input side
+    code_dim: int = 128  # simple-ae only
+    filters: tuple[int, ...] = field(default=(16, 8, 8))  # conv-ae only
+    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.15  # share of images held out for validation
+    patience: int = 5  # epochs without validation improvement before stopping
+    min_delta: float = 1e-5  # smaller improvements do not count
+    seed: int = 0
+    max_images: int | None = None  # train on a random subset (None: all)
+
+
+# A tiny CPU preset: `imgrec demo` and the tests use it (cf. nanoGPT's train_shakespeare_char).
+DEMO_PRESET = TrainConfig(arch="conv-ae", image_size=32, epochs=12, batch_size=32, patience=3)
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    fingerprint: str
+    train_losses: list[float]
+    val_losses: list[float]
+    best_epoch: int
+    seconds: float
+    n_train: int
+    n_val: int
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Every file with an image extension under `root`, recursively, in a stable order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f))
+    return found
+
+
+def load_training_images(paths: list[Path], pre: Preprocess) -> np.ndarray:
+    """Decode and resize every readable image to uint8 (N, S, S, 3); unreadable ones are skipped."""
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(pre.to_uint8(load_image(p, draft_size=pre.image_size)))
+        except (ImageDecodeError, ImageTooLargeError, OSError) as e:
+            logger.warning("skipping %s: %s", p, e)
+    if not arrays:
+        raise ValueError("no readable images to train on")
+    return np.stack(arrays)
+
+
+def train(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> TrainResult:
+    """Train `cfg.arch` on the images under `images_dir` and save it into `out_dir`.
+
+    `progress(epoch, train_loss, val_loss)` is called after each epoch (the CLI shows a bar).
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    pre = Preprocess(image_size=cfg.image_size)
+
+    paths = find_images(images_dir)
+    if cfg.max_images and len(paths) > cfg.max_images:
+        paths = sorted(rng.choice(np.array(paths, dtype=object), cfg.max_images, replace=False).tolist())
+    data = torch.from_numpy(pre.normalize(load_training_images(paths, pre)))  # (N, 3, S, S)
+    if len(data) < 2:
+        raise ValueError(f"need at least 2 readable images to train, found {len(data)} in {images_dir}")
+    order = rng.permutation(len(data))
+    n_val = max(1, int(round(len(data) * cfg.val_fraction)))
+    x_val, x_train = data[order[:n_val]], data[order[n_val:]]
+
+    model_cfg = EncoderConfig(
+        arch=cfg.arch, image_size=cfg.image_size, code_dim=cfg.code_dim, filters=cfg.filters
+    )
+    model = build_model(model_cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    loss_fn = nn.MSELoss()
+
+    train_losses: list[float] = []
+    val_losses: list[float] = []
+    best_val, best_epoch, best_state = float("inf"), 0, None
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        perm = torch.from_numpy(rng.permutation(len(x_train)))
+        total = 0.0
+        for i in range(0, len(x_train), cfg.batch_size):
+            xb = x_train[perm[i : i + cfg.batch_size]]  # (B, 3, S, S)
+            loss = loss_fn(model(xb), xb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(xb)
+        train_losses.append(total / len(x_train))
+
+        model.eval()
+        with torch.inference_mode():
+            val_losses.append(float(loss_fn(model(x_val), x_val)))
+        if progress:
+            progress(epoch, train_losses[-1], val_losses[-1])
+        if val_losses[-1] < best_val - cfg.min_delta:
+            best_val, best_epoch = val_losses[-1], epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= cfg.patience:
+            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.perf_counter() - t0
+    config = {
+        "kind": "autoencoder",
+        "model": model_cfg.to_dict(),
+        "preprocess": pre.to_dict(),
+        "code_dim": code_dim(model, cfg.image_size),
+        "training": {
+            "config": asdict(cfg),
+            "images": len(data),
+            "n_train": len(x_train),
+            "n_val": n_val,
+            "best_epoch": best_epoch,
+            "best_val_loss": best_val,
+            "train_losses": train_losses,
+            "val_losses": val_losses,
+            "seconds": round(seconds, 2),
+        },
+    }
+    out_dir = Path(out_dir)
+    fp = save_model_dir(out_dir, best_state, config)
+    save_loss_curve(out_dir / "loss_curve.png", train_losses, val_losses, best_epoch)
+    with torch.inference_mode():
+        sample = x_val[:8]
+        save_reconstructions(out_dir / "reconstructions.png", sample.numpy(), model(sample).numpy(), pre)
+    return TrainResult(out_dir, fp, train_losses, val_losses, best_epoch, seconds, len(x_train), n_val)

@@ -1,0 +1,146 @@
+"""The index's SQLite catalog: ORM models and opening a database (migrated by Alembic).
+
+Tables
+    items               one row per inventory image ever indexed; ids are the FAISS ids
+    generations         one row per published FAISS file, with how it was built
+    generation_changes  what each generation added, updated or deleted (for rollback)
+    ledger              one row per file seen in the inventory: its last outcome and why
+    index_state         a single row pointing at the current generation (the commit point)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, MetaData, String, Text, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Item(Base):
+    """An inventory image; `id` is its FAISS id."""
+
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String, unique=True)  # relative to the inventory root, '/'-separated
+    label: Mapped[str] = mapped_column(String, index=True)  # parent folder name
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    added_generation: Mapped[int] = mapped_column(Integer)
+    deleted_generation: Mapped[int | None] = mapped_column(Integer, index=True)  # None while live
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Generation(Base):
+    """A published FAISS file and the record of how it was built."""
+
+    __tablename__ = "generations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # current | kept | pruned | rolled_back
+    faiss_file: Mapped[str] = mapped_column(String)  # relative to the index dir
+    item_count: Mapped[int] = mapped_column(Integer)
+    ids_sha256: Mapped[str] = mapped_column(String(64))  # over the sorted int64 FAISS ids
+    model_fingerprint: Mapped[str] = mapped_column(String(64))
+    model_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dim: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(16))  # l2 | cosine
+    index_type: Mapped[str] = mapped_column(String(64))  # flat | ivf... | hnsw...
+    inventory_root: Mapped[str] = mapped_column(String)
+    parent_id: Mapped[int | None] = mapped_column(Integer)  # the generation this one was built from
+    run_summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    eval_figures: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # written by `imgrec eval`
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class GenerationChange(Base):
+    """One item's change in one generation; `previous` holds what rollback restores."""
+
+    __tablename__ = "generation_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    change: Mapped[str] = mapped_column(String(16))  # added | updated | deleted
+    previous: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class LedgerEntry(Base):
+    """The last outcome for one file of the inventory."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String, unique=True)  # relative; undecodable names escaped
+    state: Mapped[str] = mapped_column(String(16), index=True)  # embedded | skipped | failed | deleted
+    reason: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"))
+    generation_id: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class IndexState(Base):
+    """A single row: which generation readers should open."""
+
+    __tablename__ = "index_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    current_generation_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id"))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+DATABASE_FILE = "catalog.sqlite"
+
+
+def database_url(index_dir: str | Path) -> str:
+    return f"sqlite:///{Path(index_dir).resolve() / DATABASE_FILE}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with WAL journaling and synchronous=FULL on every connection."""
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return engine
+
+
+def open_database(index_dir: str | Path, *, migrate: bool = True) -> Engine:
+    """Open (and with `migrate`, create or upgrade) the catalog of an index dir."""
+    from indexer.migrate import upgrade
+
+    url = database_url(index_dir)
+    if migrate:
+        upgrade(url)
+    return make_engine(url)

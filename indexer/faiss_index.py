@@ -1,0 +1,139 @@
+"""FAISS core: plain functions on arrays (no database, no files but the explicit read/write).
+
+Every index is an `IndexIDMap2` whose ids are the SQLite primary keys of the items. `cosine` is
+inner product on L2-normalised vectors; `l2` is squared Euclidean distance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+METRICS = ("l2", "cosine")
+INDEX_TYPES = ("flat",)  # extended by approximate types (see indexer/ann.py when present)
+
+
+def sanitize(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 matrix (faiss contrib `sanitize`)."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise TypeError(f"expected a matrix of vectors, got an array of shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors as the index stores them: L2-normalised for cosine, unchanged for l2."""
+    x = sanitize(x).copy()
+    if metric == "cosine":
+        faiss.normalize_L2(x)
+    elif metric != "l2":
+        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    return x
+
+
+def faiss_metric(metric: str) -> int:
+    return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+
+
+def build_index(d: int, metric: str, index_type: str = "flat", xt: np.ndarray | None = None) -> faiss.Index:
+    """An empty `IndexIDMap2` of the given type; approximate types are trained on `xt`."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    if index_type == "flat":
+        inner = faiss.IndexFlatIP(d) if metric == "cosine" else faiss.IndexFlatL2(d)
+    else:
+        from indexer.ann import build_ann
+
+        inner = build_ann(d, metric, index_type, xt)
+    return faiss.IndexIDMap2(inner)
+
+
+def add(index: faiss.Index, ids: np.ndarray, xb: np.ndarray, metric: str) -> None:
+    """Add vectors (prepared for `metric`) under `ids`."""
+    xb = prepare(xb, metric)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(ids) != len(xb):
+        raise ValueError(f"{len(ids)} ids for {len(xb)} vectors")
+    if len(ids):
+        index.add_with_ids(xb, ids)
+
+
+def remove(index: faiss.Index, ids: np.ndarray) -> int:
+    """Remove `ids`; returns how many were removed."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if not len(ids):
+        return 0
+    return int(index.remove_ids(faiss.IDSelectorBatch(ids)))
+
+
+def search(
+    index: faiss.Index,
+    xq: np.ndarray,
+    k: int,
+    metric: str,
+    allowed_ids: np.ndarray | None = None,
+    params: faiss.SearchParameters | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours: (D, I) of shape (nq, k); missing results have id -1.
+
+    With `allowed_ids`, only those ids can be returned.
+    """
+    xq = prepare(xq, metric)
+    k = min(k, index.ntotal) if index.ntotal else k
+    if allowed_ids is not None:
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+        params = params or faiss.SearchParameters()
+        params.sel = selector
+    if params is not None:
+        return index.search(xq, k, params=params)
+    return index.search(xq, k)
+
+
+def ids_of(index: faiss.Index) -> np.ndarray:
+    """The ids an `IndexIDMap2` holds, in storage order."""
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+
+def ids_sha256(ids: np.ndarray) -> str:
+    """An order-independent fingerprint of a set of ids."""
+    return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()
+
+
+def vectors_of(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The stored vectors of `ids` (as prepared for the metric)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(ids):
+        return np.zeros((0, index.d), np.float32)
+    return np.stack([index.reconstruct(int(i)) for i in ids])
+
+
+def write_index_atomic(index: faiss.Index, path: str | Path) -> None:
+    """Write to a temporary name, fsync, rename into place, fsync the directory."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    faiss.write_index(index, str(tmp))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_index(path: str | Path, mmap: bool = False) -> faiss.Index:
+    """Read an index; with `mmap`, flat indexes are memory-mapped read-only (never add/remove on them)."""
+    flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+    return faiss.read_index(str(path), flags)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the index catalog (applied automatically by `indexer.migrate`)."""
