@@ -24,7 +24,9 @@ CLASSES = {
 }
 
 
-def draw_item(shape: str, color: tuple[int, int, int], rng: np.random.Generator, size: int = 96) -> Image.Image:
+def draw_item(
+    shape: str, color: tuple[int, int, int], rng: np.random.Generator, size: int = 96
+) -> Image.Image:
     """One product photo of `shape` in a random variation of `color`."""
     bg = tuple(int(v) for v in rng.integers(215, 256, 3))
     img = Image.new("RGB", (size, size), bg)
@@ -39,11 +41,16 @@ def draw_item(shape: str, color: tuple[int, int, int], rng: np.random.Generator,
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=int(r * 0.35))
     elif shape == "square":
         a = rng.uniform(0, math.pi / 2)
-        pts = [(cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)) for k in range(4)]
+        pts = [
+            (cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)) for k in range(4)
+        ]
         draw.polygon(pts, fill=fill)
     elif shape == "triangle":
         a = rng.uniform(-0.3, 0.3) - math.pi / 2
-        pts = [(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3)) for k in range(3)]
+        pts = [
+            (cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
         draw.polygon(pts, fill=fill)
     elif shape == "stripes":
         step = int(rng.integers(8, 14))

@@ -1,0 +1,183 @@
+"""The `imgrec` command line: train, index, query, demo, and the commands registered below."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from imgrec.commands import common
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="imgrec")
+def cli(verbose: int) -> None:
+    """imgrec: find the inventory items that look most like a photo.
+
+    Train an encoder on the inventory's own images, index the inventory into FAISS + SQLite,
+    and query it from the shell or over HTTP.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command()
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Training images (recursive).",
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Model dir to write.")
+@click.option("--model", "arch", default=None, help="Which encoder (default: the best measured).")
+@click.option("--image-size", type=int, default=None, help="Square input side in pixels.")
+@click.option("--epochs", type=int, default=None, help="Upper bound on epochs (early stopping ends sooner).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True, help="Makes training reproducible.")
+def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) -> None:
+    """Train an encoder, without labels, on a folder of images.
+
+    Writes weights (safetensors), config.json, FINGERPRINT, loss_curve.png and reconstructions.png.
+
+    Example:
+
+        imgrec train --images shop/photos --model conv-ae --out models/conv
+    """
+    from encoder.train import train as run_train
+
+    cfg = common.train_config(arch, overrides)
+    with common.epoch_bar(cfg.epochs) as on_epoch:
+        try:
+            result = run_train(images, out_dir, cfg, progress=on_epoch)
+        except (ValueError, OSError) as e:
+            raise click.ClickException(str(e)) from e
+    click.echo(f"model {cfg.arch} -> {result.model_dir}  (fingerprint {result.fingerprint[:12]})")
+    click.echo(
+        f"{result.n_train} train / {result.n_val} validation images, best epoch {result.best_epoch}, "
+        f"validation loss {min(result.val_losses):.5f}, {result.seconds:.1f} s"
+    )
+
+
+@cli.command()
+@click.option(
+    "--inventory", type=click.Path(exists=True, file_okay=False), required=True, envvar="IMGREC_INVENTORY"
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    envvar="IMGREC_MODEL",
+)
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), required=True, envvar="IMGREC_INDEX")
+@click.option(
+    "--metric", type=click.Choice(["l2", "cosine"]), default=None, help="Default: the index's, or cosine."
+)
+@click.option("--index-type", default=None, help="flat (exact, default) or an approximate type.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
+@click.option("--full", is_flag=True, help="Rebuild from scratch instead of updating.")
+@click.option(
+    "--keep",
+    "keep_generations",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Generations kept for rollback.",
+)
+@click.option(
+    "--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for another indexer run."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def index(inventory: str, model_dir: str, index_dir: str, as_json: bool, **options: object) -> None:
+    """Embed every image of an inventory folder into a FAISS + SQLite index (or update it).
+
+    Re-running on a changed folder adds, re-embeds and deletes only what changed, and publishes
+    a new generation; readers never see a half-written index.
+
+    Example:
+
+        imgrec index --inventory shop/photos --model models/conv --index shop-index
+    """
+    from indexer import IndexOptions, run_index
+
+    opts = IndexOptions(**{k: v for k, v in options.items() if v is not None})
+    with common.file_bar() as (on_total, on_progress):
+        try:
+            summary = run_index(
+                inventory, model_dir, index_dir, opts, on_total=on_total, on_progress=on_progress
+            )  # fmt: skip
+        except common.EXPECTED_ERRORS as e:
+            raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        common.echo_summary(summary)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--index",
+    "index_dir",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    envvar="IMGREC_INDEX",
+)
+@click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Results per query.")
+@click.option("--label", default=None, help="Only items with this label.")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write one result PNG per query."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def query(
+    images: tuple[str, ...], index_dir: str, k: int, label: str | None, out_dir: str | None, as_json: bool
+) -> None:
+    """Find the k inventory items most like each query image (files or folders of images).
+
+    Example:
+
+        imgrec query photo.jpg queries/ --index shop-index -k 5 --out results/
+    """
+    from imgrec.querying import run_queries
+
+    try:
+        answers = run_queries(images, index_dir, k=k, label=label, out_dir=out_dir)
+    except common.EXPECTED_ERRORS as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps([a.as_dict() for a in answers], indent=2))
+        return
+    for a in answers:
+        common.echo_answer(a)
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out_dir: str, seed: int) -> None:
+    """Run the whole recipe on a generated catalog: train conv-ae, index, query, score.
+
+    Example:
+
+        imgrec demo --out demo-out
+    """
+    from imgrec.demo import run_demo
+
+    result = run_demo(Path(out_dir), seed=seed, echo=click.echo)
+    click.echo(
+        f"\nP@1 {result.p_at_1:.2f}  P@5 {result.p_at_5:.2f}  (chance {result.chance:.2f}) "
+        f"over {result.n_queries} held-back queries; {result.seconds:.0f} s in all"
+    )
+    click.echo(f"result grids in {result.grid_dir}")
+
+
+# --- commands registered from their own modules (one line each) ---
+from imgrec.commands.maintenance import rollback, status  # noqa: E402
+
+cli.add_command(status)
+cli.add_command(rollback)

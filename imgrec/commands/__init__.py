@@ -1,0 +1,1 @@
+"""CLI commands grouped by job; `imgrec.cli` registers them."""

@@ -1,0 +1,100 @@
+"""Helpers shared by CLI commands: progress bars, option mapping, echoing results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import click
+from tqdm import tqdm
+
+from encoder import ModelDirError
+from indexer import (
+    InconsistentIndexError,
+    IndexLockedError,
+    IndexNotFoundError,
+    ModelMismatchError,
+    RollbackError,
+)
+
+if TYPE_CHECKING:
+    from encoder.train import TrainConfig
+    from imgrec.querying import QueryAnswer
+    from indexer import JobSummary
+
+# Failures a user can fix: shown as one clear line, not a traceback.
+EXPECTED_ERRORS = (
+    ModelDirError,
+    ModelMismatchError,
+    IndexLockedError,
+    IndexNotFoundError,
+    InconsistentIndexError,
+    RollbackError,
+    FileNotFoundError,
+    NotADirectoryError,
+    ValueError,
+)
+
+
+def train_config(arch: str | None, overrides: dict) -> TrainConfig:
+    """A TrainConfig for `arch` (default: the best measured model) with CLI overrides applied."""
+    import dataclasses
+
+    import encoder
+    from encoder.train import TrainConfig
+
+    arch = arch or getattr(encoder, "DEFAULT_MODEL", "conv-ae")
+    known = getattr(encoder, "TRAINABLE_MODELS", sorted(encoder.MODELS))
+    if arch not in known:
+        raise click.BadParameter(f"choose one of {', '.join(known)}", param_hint="--model")
+    cfg = TrainConfig(arch=arch)
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@contextmanager
+def epoch_bar(epochs: int) -> Iterator[Callable[[int, float, float], None]]:
+    """A progress bar over epochs showing train and validation loss."""
+    with tqdm(total=epochs, desc="training", unit="epoch") as bar:
+
+        def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
+
+        yield on_epoch
+
+
+@contextmanager
+def file_bar() -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A progress bar over files to embed: (set total, advance)."""
+    with tqdm(desc="indexing", unit="img", total=0) as bar:
+
+        def on_total(n: int) -> None:
+            bar.reset(total=n)
+
+        yield on_total, bar.update
+
+
+def echo_summary(s: JobSummary) -> None:
+    click.echo(
+        f"added {s.added}, updated {s.updated}, deleted {s.deleted}, unchanged {s.unchanged}, "
+        f"skipped {s.skipped}, failed {s.failed} in {s.seconds:.1f} s"
+    )
+    if s.published:
+        click.echo(
+            f"published generation {s.published[-1]}"
+            + (f" ({len(s.published)} checkpoints)" if len(s.published) > 1 else "")
+        )
+    else:
+        click.echo("nothing changed; no new generation")
+    for path, reason in s.problems:
+        click.echo(f"  skipped {path}: {reason}")
+
+
+def echo_answer(a: QueryAnswer) -> None:
+    click.echo(f"\n{a.query}  ({a.score_kind}; novelty {a.novelty_text})")
+    click.echo(f"{'rank':>4}  {a.score_kind:>10}  {'label':<16} path")
+    for h in a.hits:
+        click.echo(f"{h.rank:>4}  {h.score:>10.4f}  {h.item.label:<16} {h.item.path}")
+    if a.grid_path:
+        click.echo(f"grid: {a.grid_path}")

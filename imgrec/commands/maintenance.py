@@ -1,0 +1,63 @@
+"""Index upkeep commands: `status` (the ingest ledger) and `rollback`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False), envvar="IMGREC_INDEX")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Problem files listed at most.")
+def status(index_dir: str, as_json: bool, limit: int) -> None:
+    """Summarise the ingest ledger: files per state, and what failed or was skipped and why.
+
+    Example:
+
+        imgrec status shop-index
+    """
+    from imgrec.commands.common import EXPECTED_ERRORS
+    from indexer.ledger import ledger_report
+
+    try:
+        report = ledger_report(index_dir, limit=limit)
+    except EXPECTED_ERRORS as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    gen = report["generation"]
+    if gen:
+        click.echo(
+            f"generation {gen['id']} ({gen['created_at']}): {gen['item_count']} items, {gen['metric']}, {gen['index_type']}"
+        )
+    click.echo(
+        "files: " + ", ".join(f"{n} {state}" for state, n in sorted(report["states"].items()))
+        or "no files yet"
+    )
+    for row in report["problems"]:
+        click.echo(f"  {row['state']:<8} {row['path']}: {row['reason']}")
+
+
+@click.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False), envvar="IMGREC_INDEX")
+def rollback(index_dir: str) -> None:
+    """Make the previous generation current again (the next `imgrec index` reconciles with the folder).
+
+    Example:
+
+        imgrec rollback shop-index
+    """
+    from imgrec.commands.common import EXPECTED_ERRORS
+    from indexer.db import open_database
+    from indexer.generations import index_lock
+    from indexer.generations import rollback as do_rollback
+
+    try:
+        with index_lock(index_dir):
+            target = do_rollback(index_dir, open_database(index_dir))
+    except EXPECTED_ERRORS + (RuntimeError,) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"generation {target.id} is current again ({target.item_count} items)")
