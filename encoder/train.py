@@ -19,6 +19,7 @@ from torch import nn
 
 from encoder.model_dir import save_model_dir
 from encoder.models import EncoderConfig, build_model, code_dim
+from encoder.novelty import NOVELTY_KEY, novelty_reference
 from encoder.plots import save_loss_curve, save_reconstructions
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError, Preprocess, is_image_name, load_image
 
@@ -143,12 +144,15 @@ def train(
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
+    with torch.inference_mode():  # the reference for "how unlike the inventory" (encoder.novelty)
+        errors = torch.cat([((model(xb) - xb) ** 2).flatten(1).mean(1) for xb in data.split(256)])
     seconds = time.perf_counter() - t0
     config = {
         "kind": "autoencoder",
         "model": model_cfg.to_dict(),
         "preprocess": pre.to_dict(),
         "code_dim": code_dim(model, cfg.image_size),
+        NOVELTY_KEY: novelty_reference(errors.numpy()),
         "training": {
             "config": asdict(cfg),
             "images": len(data),
