@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 
 METRICS = ("l2", "cosine")
-INDEX_TYPES = ("flat",)  # extended by approximate types (see indexer/ann.py when present)
+INDEX_TYPES = ("flat", "ivf", "hnsw")  # flat is exact; ivf and hnsw are built by indexer/ann.py
 
 
 def sanitize(x: np.ndarray) -> np.ndarray:

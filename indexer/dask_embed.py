@@ -1,0 +1,174 @@
+"""Decode and embed on a Dask cluster: an `embedder` for `run_index`, same signature as `embed_files`.
+
+    with dask_client("local:2") as client:             # or "tcp://scheduler:8786"
+        run_index(inventory, model_dir, index_dir, embedder=DaskEmbedder(client))
+
+The files to embed are cut into partitions; each partition is one task that decodes its files with
+`indexer.ingest.decode_file` and embeds them with the run's own encoder, exactly as a local run does
+(hostile files give the same outcomes). The encoder is pickled once and broadcast to every worker
+(`client.scatter(..., broadcast=True)`); a worker unpickles it once per fingerprint and keeps it.
+Results stream back as tasks finish (`as_completed`, a bounded window of partitions in flight) and
+are handed to the job in input order, so item ids come out as in a local run, and the job publishes
+them through its usual path (generations, ledger, checkpoints).
+
+A task that fails is retried (`retries`); a worker that dies has its tasks rescheduled on the others
+(the scheduler's `allowed-failures` bounds how often one task may kill a worker).
+
+Workers must see the inventory at the same absolute path as the machine running `imgrec index`
+(a shared volume or network filesystem); only paths, outcomes and vectors travel.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from indexer.ingest import Decoded, EmbeddedBatch, IngestLimits, decode_file
+from indexer.scan import ScannedFile
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+PARTITION_SIZE = 256  # files per task
+RETRIES = 3  # re-runs of a task that raised (a dead worker's tasks are rescheduled regardless)
+
+
+@contextmanager
+def dask_client(address: str) -> Iterator[Client]:
+    """A client for `address`: a scheduler address (`tcp://host:8786`), or `local[:N]` for a
+    LocalCluster of N single-threaded worker processes (default: one per CPU core).
+
+    :raise ValueError: a malformed `local:N`.
+    """
+    from distributed import Client, LocalCluster
+
+    if address == "local" or address.startswith("local:"):
+        n = address.partition(":")[2]
+        if n and not (n.isdigit() and int(n) > 0):
+            raise ValueError(f"--dask local:N needs a positive number of workers, got {address!r}")
+        cluster = LocalCluster(
+            n_workers=int(n) if n else None,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
+    else:
+        with Client(address) as client:
+            yield client
+
+
+class DaskEmbedder:
+    """Callable like `indexer.ingest.embed_files`, running the work as Dask tasks on `client`."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        partition_size: int = PARTITION_SIZE,
+        retries: int = RETRIES,
+        max_in_flight: int | None = None,  # partitions submitted at once (default: 2 per worker thread)
+    ):
+        if partition_size < 1:
+            raise ValueError("partition_size must be at least 1")
+        self.client, self.partition_size, self.retries = client, partition_size, retries
+        self.max_in_flight = max_in_flight
+
+    def __call__(
+        self,
+        files: Iterable[ScannedFile],
+        encoder: Encoder,
+        *,
+        batch_size: int = 32,
+        workers: int = 2,  # decoding threads of a local run; each Dask task decodes its own partition
+        limits: IngestLimits | None = None,
+    ) -> Iterator[EmbeddedBatch]:
+        from distributed import as_completed
+
+        files = list(files)
+        if not files:
+            return
+        limits = limits or IngestLimits()
+        parts = [files[i : i + self.partition_size] for i in range(0, len(files), self.partition_size)]
+        # the weights go to every worker once; tasks then refer to the scattered copy
+        blob = self.client.scatter(pickle.dumps(encoder), broadcast=True, hash=False)
+        window = self.max_in_flight or max(2, 2 * sum(self.client.nthreads().values()))
+
+        def submit(i: int):  # noqa: ANN202 - a distributed.Future
+            fut = self.client.submit(
+                embed_partition, blob, encoder.fingerprint, parts[i], batch_size, limits,
+                pure=False, retries=self.retries,
+            )  # fmt: skip
+            index_of[fut.key] = i
+            return fut
+
+        index_of: dict[str, int] = {}
+        pending = as_completed([submit(i) for i in range(min(window, len(parts)))], with_results=True)
+        next_part = len(index_of)
+        done: dict[int, EmbeddedBatch] = {}
+        expected = 0
+        try:
+            for fut, batch in pending:
+                done[index_of.pop(fut.key)] = batch
+                if next_part < len(parts):
+                    pending.add(submit(next_part))
+                    next_part += 1
+                while expected in done:  # hand results over in input order
+                    yield done.pop(expected)
+                    expected += 1
+        finally:
+            pending.clear()
+            blob.release()
+        logger.info("embedded %d files in %d partitions on Dask", len(files), len(parts))
+
+
+# --- worker side ---
+
+_ENCODERS: dict[str, Encoder] = {}  # per worker process: fingerprint -> encoder unpickled once
+_ENCODERS_LOCK = threading.Lock()
+
+
+def worker_encoder(blob: bytes, fingerprint: str) -> Encoder:
+    """The encoder for `fingerprint` in this worker process, unpickled from `blob` on first use."""
+    with _ENCODERS_LOCK:
+        if fingerprint not in _ENCODERS:
+            encoder = pickle.loads(blob)
+            if encoder.fingerprint != fingerprint:
+                raise ValueError("the shipped encoder does not match the requested fingerprint")
+            _ENCODERS.clear()  # one model per worker at a time
+            _ENCODERS[fingerprint] = encoder
+        return _ENCODERS[fingerprint]
+
+
+def embed_partition(
+    blob: bytes, fingerprint: str, files: list[ScannedFile], batch_size: int, limits: IngestLimits
+) -> EmbeddedBatch:
+    """One task: decode `files` as a local run does, embed the readable ones in batches."""
+    encoder = worker_encoder(blob, fingerprint)
+    ok: list[Decoded] = []
+    rejected: list[Decoded] = []
+    for f in files:
+        d = decode_file(f, encoder.preprocess, limits)
+        (ok if d.outcome == "ok" else rejected).append(d)
+    chunks = [
+        encoder.embed_uint8(np.stack([d.pixels for d in ok[i : i + batch_size]]))
+        for i in range(0, len(ok), batch_size)
+    ]
+    for d in ok:
+        d.pixels = None  # only outcomes and vectors travel back
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
+    return EmbeddedBatch(ok, vectors, rejected)
