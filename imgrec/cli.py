@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -77,7 +78,12 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
 @click.option(
     "--metric", type=click.Choice(["l2", "cosine"]), default=None, help="Default: the index's, or cosine."
 )
-@click.option("--index-type", default=None, help="flat (exact, default) or an approximate type.")
+@click.option(
+    "--index-type",
+    type=click.Choice(["flat", "ivf", "hnsw"]),
+    default=None,
+    help="flat (exact, the default for a new index), ivf or hnsw (approximate). Default: the index's.",
+)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
 @click.option("--full", is_flag=True, help="Rebuild from scratch instead of updating.")
@@ -92,8 +98,17 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
 @click.option(
     "--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for another indexer run."
 )
+@click.option(
+    "--dask",
+    "dask_address",
+    default=None,
+    envvar="IMGREC_DASK",
+    help="Decode and embed on Dask: a scheduler address (tcp://host:8786) or local[:N] workers.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def index(inventory: str, model_dir: str, index_dir: str, as_json: bool, **options: object) -> None:
+def index(
+    inventory: str, model_dir: str, index_dir: str, as_json: bool, dask_address: str | None, **options: object
+) -> None:
     """Embed every image of an inventory folder into a FAISS + SQLite index (or update it).
 
     Re-running on a changed folder adds, re-embeds and deletes only what changed, and publishes
@@ -102,21 +117,38 @@ def index(inventory: str, model_dir: str, index_dir: str, as_json: bool, **optio
     Example:
 
         imgrec index --inventory shop/photos --model models/conv --index shop-index
+
+        imgrec index ... --dask tcp://scheduler:8786 --index-type ivf
     """
+    from contextlib import nullcontext
+
     from indexer import IndexOptions, run_index
 
     opts = IndexOptions(**{k: v for k, v in options.items() if v is not None})
     with common.file_bar() as (on_total, on_progress):
         try:
-            summary = run_index(
-                inventory, model_dir, index_dir, opts, on_total=on_total, on_progress=on_progress
-            )  # fmt: skip
-        except common.EXPECTED_ERRORS as e:
+            with _dask_embedder(dask_address) if dask_address else nullcontext() as embedder:
+                summary = run_index(
+                    inventory, model_dir, index_dir, opts,
+                    embedder=embedder, on_total=on_total, on_progress=on_progress,
+                )  # fmt: skip
+        except (*common.EXPECTED_ERRORS, OSError) as e:
             raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         common.echo_summary(summary)
+
+
+@contextmanager
+def _dask_embedder(address: str):  # noqa: ANN202 - yields an indexer.dask_embed.DaskEmbedder
+    """A Dask embedder on `address` (a scheduler, or local[:N]); needs `pip install imgrec[dask]`."""
+    try:
+        from indexer.dask_embed import DaskEmbedder, dask_client
+    except ModuleNotFoundError as e:
+        raise click.ClickException(f"--dask needs dask[distributed] (pip install 'imgrec[dask]'): {e}") from e
+    with dask_client(address) as client:
+        yield DaskEmbedder(client)
 
 
 @cli.command()

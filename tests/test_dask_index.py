@@ -181,3 +181,15 @@ def test_worker_killed_mid_run_costs_a_retry(client, shop, local_index, tmp_path
 def test_dask_client_rejects_bad_local_spec():
     with pytest.raises(ValueError, match="positive number"), dask_client("local:zero"):
         pass
+
+
+def test_cli_index_on_a_dask_scheduler(client, shop, local_index, tmp_path):
+    from click.testing import CliRunner
+
+    from imgrec.cli import cli
+
+    inventory, model = shop
+    args = ["index", "--inventory", str(inventory), "--model", str(model), "--index", str(tmp_path / "index")]
+    result = CliRunner().invoke(cli, [*args, "--dask", client.scheduler.address, "--json"])
+    assert result.exit_code == 0, result.output
+    _assert_same_index(local_index, tmp_path / "index")
