@@ -1,0 +1,66 @@
+"""The imgrec search API: query-by-image over HTTP, for programs (JSON) and people (a web page).
+
+    app = create_app()          # config from IMGREC_* environment variables
+    gunicorn -c python:search_api.gunicorn_conf 'search_api:create_app()'
+
+Nothing heavy happens at import: FAISS and torch are loaded by `init_app`, inside `create_app`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from apiflask import APIFlask
+
+DEFAULTS: dict[str, Any] = {
+    "INDEX": None,  # index dir (IMGREC_INDEX); default: <instance folder>/index
+    "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request body; larger -> 413
+    "MAX_PIXELS": 25_000_000,  # declared pixels per query image; larger -> 422
+    "DEFAULT_K": 10,
+    "MAX_K": 100,  # k is 1..MAX_K
+    "MAX_BATCH_IMAGES": 32,  # images per /v1/search/batch request
+    "BATCH_WINDOW_MS": 2.0,  # micro-batching window; 0 turns batching off
+    "MAX_BATCH": 32,  # images per encoder forward / FAISS call
+    "RELOAD_INTERVAL": 2.0,  # seconds between checks for a newer generation; 0: never
+    "MMAP": True,  # memory-map flat FAISS files (workers share one copy)
+    "VERIFY": True,  # check FAISS against the catalog before serving a generation
+    "THUMBNAIL_SIZE": 128,  # px, longest side
+    "NOVELTY": True,
+    "COMPUTE_THREADS": 1,  # torch/FAISS threads per process (0: library defaults); scale with workers  # report the query's novelty percentile when the model offers it
+}
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
+    """Create and configure the search API app."""
+    app = APIFlask(__name__, title="imgrec search API", version="1", instance_relative_config=True)
+    app.config.from_mapping(DEFAULTS, INDEX=os.path.join(app.instance_path, "index"))
+    app.config.from_mapping(OPENAPI_SETTINGS)
+    app.config.from_prefixed_env("IMGREC")
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+
+    from search_api import apidocs, engine, errors, metrics
+
+    errors.init_app(app)
+    apidocs.init_app(app)
+    metrics.init_app(app)
+    engine.init_app(app)
+
+    from search_api import items, ops, pages, search
+
+    app.register_blueprint(search.bp)
+    app.register_blueprint(items.bp)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(pages.bp)
+    return app
+
+
+OPENAPI_SETTINGS: dict[str, Any] = {
+    "OPENAPI_VERSION": "3.0.3",  # the bundled Swagger UI (4.x) renders 3.0 documents
+    "VALIDATION_ERROR_STATUS_CODE": 400,
+    "DESCRIPTION": (
+        "Find the inventory items that look most like a photo. Every answer names the index generation "
+        "that produced it; every error is `{error, message}` JSON."
+    ),
+}

@@ -1,0 +1,332 @@
+"""The search engine behind the API: the current index snapshot, hot reload, batched queries.
+
+    eng = SearchEngine(index_dir)
+    eng.start()                       # open the current generation (if any), poll for newer ones
+    with eng.snapshot() as snap:      # one consistent generation for the whole request
+        answers = eng.search(snap, [pixels], k=10)
+
+A newer generation is opened fully (FAISS, catalog, encoder, one warm-up forward) on the poller
+thread, then swapped in with one assignment. Requests that hold the old snapshot keep it; it is
+closed when the last of them is done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from flask import Flask
+
+from indexer import Hit, Snapshot, current_generation_id, open_snapshot
+from search_api.batching import Batcher
+from search_api.errors import NotReadyError
+
+logger = logging.getLogger(__name__)
+
+RETRY_FAILED_AFTER = 30.0  # seconds before retrying a generation that failed to open
+
+
+@dataclass
+class Query:
+    """One request's images (decoded and resized, uint8 (n, S, S, 3)), searched in one snapshot."""
+
+    snapshot: Snapshot
+    pixels: np.ndarray
+    k: int
+    label: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:  # lets the batcher count images
+        return self.pixels.shape
+
+
+@dataclass
+class Answer:
+    """Hits for one query image, and what the batch it rode in cost."""
+
+    hits: list[Hit]
+    novelty_percentile: float | None
+    embed_ms: float
+    search_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Held:
+    snapshot: Snapshot
+    loaded_at: dt.datetime
+    users: int = 0
+    retired: bool = False
+
+
+@dataclass
+class EngineStatus:
+    ready: bool
+    reason: str | None
+    generation_id: int | None
+    loaded_at: dt.datetime | None
+    reloads: int
+    reload_error: str | None = None
+    batch: dict = field(default_factory=dict)
+
+
+class SearchEngine:
+    """Holds the current snapshot of one index dir and answers queries on it."""
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        *,
+        mmap: bool = True,
+        verify: bool = True,
+        reload_interval: float = 2.0,
+        batch_window_ms: float = 2.0,
+        max_batch: int = 32,
+        novelty: bool = True,
+    ):
+        self.index_dir = Path(index_dir)
+        self.mmap = mmap
+        self.verify = verify
+        self.reload_interval = reload_interval
+        self.novelty = novelty
+        self.batcher: Batcher[Query, list[Answer]] = Batcher(
+            self._process, window_ms=batch_window_ms, max_batch=max_batch
+        )
+        self.reloads = 0
+        self.on_swap: list = []  # callbacks(snapshot) after each swap (metrics)
+        self._held: _Held | None = None
+        self._lock = threading.Lock()  # guards _held and the users counts
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._failed: tuple[int, float, str] | None = None  # (generation, when, why)
+        self._not_ready = "not started"
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the current generation now (if there is one) and start polling for newer ones."""
+        self.reload()
+        if self.reload_interval > 0 and self._poller is None:
+            self._poller = threading.Thread(target=self._poll, name="imgrec-reload", daemon=True)
+            self._poller.start()
+
+    def close(self) -> None:
+        """Stop polling and close the current snapshot."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
+            self._poller = None
+        with self._lock:
+            held, self._held = self._held, None
+            if held is not None:
+                held.retired = True
+                if held.users == 0:
+                    held.snapshot.close()
+        self._not_ready = "closed"
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            try:
+                self.reload()
+            except Exception:  # the poller must outlive any one bad check
+                logger.exception("checking %s for a new generation failed", self.index_dir)
+
+    # --- reload ----------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Swap in the published generation if it differs from the one served. True if swapped."""
+        with self._reload_lock:
+            wanted = current_generation_id(self.index_dir)
+            if wanted is None:
+                if self._held is None:
+                    self._not_ready = f"no index published in {self.index_dir} yet"
+                return False
+            if self._held is not None and self._held.snapshot.generation.id == wanted:
+                return False
+            if (
+                self._failed
+                and self._failed[0] == wanted
+                and time.monotonic() - self._failed[1] < RETRY_FAILED_AFTER
+            ):
+                return False
+            try:
+                snap = self._open()
+            except Exception as e:
+                self._failed = (wanted, time.monotonic(), f"{type(e).__name__}: {e}")
+                logger.error("cannot serve generation %s of %s: %s", wanted, self.index_dir, e)
+                if self._held is None:
+                    self._not_ready = f"the index in {self.index_dir} cannot be served: {e}"
+                return False
+            self._failed = None
+            self._swap(snap)
+            return True
+
+    def _open(self) -> Snapshot:
+        """Open the current generation completely, so the swap costs the first request nothing."""
+        t0 = time.perf_counter()
+        snap = open_snapshot(self.index_dir, mmap=self.mmap, verify=self.verify)
+        try:
+            enc = snap.encoder
+            s = enc.preprocess.image_size
+            enc.embed(np.zeros((1, 3, s, s), np.float32))  # warm-up: first-call costs paid here
+        except Exception:
+            snap.close()
+            raise
+        logger.info(
+            "opened generation %s of %s (%d items) in %.2f s",
+            snap.generation.id, self.index_dir, snap.generation.item_count, time.perf_counter() - t0,
+        )  # fmt: skip
+        return snap
+
+    def _swap(self, snap: Snapshot) -> None:
+        with self._lock:
+            old, self._held = self._held, _Held(snap, dt.datetime.now(dt.UTC))
+            if old is not None:
+                old.retired = True
+                if old.users == 0:
+                    old.snapshot.close()
+            self.reloads += 1
+        for callback in self.on_swap:
+            callback(snap)
+
+    # --- serving ---------------------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """The current snapshot, kept open until the block ends (even if a newer one is swapped in).
+
+        :raise NotReadyError: no index loaded.
+        """
+        with self._lock:
+            held = self._held
+            if held is None:
+                raise NotReadyError(self._not_ready)
+            held.users += 1
+        try:
+            yield held.snapshot
+        finally:
+            with self._lock:
+                held.users -= 1
+                if held.retired and held.users == 0:
+                    held.snapshot.close()
+
+    def status(self) -> EngineStatus:
+        held = self._held
+        s = self.batcher.stats
+        return EngineStatus(
+            ready=held is not None,
+            reason=None if held is not None else self._not_ready,
+            generation_id=held.snapshot.generation.id if held else None,
+            loaded_at=held.loaded_at if held else None,
+            reloads=self.reloads,
+            reload_error=self._failed[2] if self._failed else None,
+            batch={
+                "window_ms": self.batcher.window * 1000,
+                "max_batch": self.batcher.max_batch,
+                "batches": s.batches,
+                "mean_images_per_batch": round(s.mean_items(), 2),
+                "largest_batch": s.largest,
+            },
+        )
+
+    def search(self, snap: Snapshot, pixels: np.ndarray, k: int, label: str | None = None) -> list[Answer]:
+        """Search uint8 images (n, S, S, 3) in `snap`, batched with concurrent requests."""
+        return self.batcher.submit(Query(snap, pixels, k, label))
+
+    def _process(self, queries: list[Query]) -> list[list[Answer]]:
+        """One batch: one forward per snapshot, one FAISS call per (snapshot, label)."""
+        out: dict[int, list[Answer]] = {}
+        by_snapshot: dict[int, list[int]] = {}
+        for n, q in enumerate(queries):
+            by_snapshot.setdefault(id(q.snapshot), []).append(n)
+        for members in by_snapshot.values():
+            snap = queries[members[0]].snapshot
+            group = [queries[n] for n in members]
+            size = sum(len(q.pixels) for q in group)
+            t0 = time.perf_counter()
+            enc = snap.encoder
+            batch = enc.preprocess.normalize(np.concatenate([q.pixels for q in group]))  # (B, 3, S, S)
+            xq = enc.embed(batch)  # (B, dim)
+            novelty = self._novelty(enc, batch)
+            t1 = time.perf_counter()
+            hits: list[list[Hit] | None] = [None] * size
+            starts = np.cumsum([0] + [len(q.pixels) for q in group])
+            by_label: dict[str | None, list[int]] = {}
+            for i, q in enumerate(group):
+                by_label.setdefault(q.label, []).extend(range(starts[i], starts[i + 1]))
+            for label, rows in by_label.items():
+                k = max(group[i].k for i in range(len(group)) if group[i].label == label)
+                for row, row_hits in zip(rows, snap.search_vectors(xq[rows], k, label), strict=True):
+                    hits[row] = row_hits
+            t2 = time.perf_counter()
+            embed_ms, search_ms = (t1 - t0) * 1000, (t2 - t1) * 1000
+            for i, (n, q) in enumerate(zip(members, group, strict=True)):
+                out[n] = [
+                    Answer(
+                        hits[row][: q.k],
+                        None if novelty is None else float(novelty[row]),
+                        embed_ms,
+                        search_ms,
+                        size,
+                    )
+                    for row in range(starts[i], starts[i + 1])
+                ]
+        return [out[n] for n in range(len(queries))]
+
+    def _novelty(self, enc, batch: np.ndarray) -> np.ndarray | None:
+        """The model's novelty percentiles for the batch, when it offers them."""
+        fn = getattr(enc, "novelty_percentile", None) if self.novelty else None
+        if fn is None:
+            return None
+        values = fn(batch)
+        return None if values is None else np.asarray(values, np.float64)
+
+
+def set_compute_threads(n: int) -> None:
+    """Threads torch and FAISS use per call (process-wide); 0 keeps the libraries' defaults.
+
+    Queries are small batches: one thread each is fastest, and several OpenMP threads per call
+    only spin against each other (and against other workers) on a shared machine.
+    """
+    if n <= 0:
+        return
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+def init_app(app: Flask) -> None:
+    """Create the engine from the app's config, open the index and start watching it."""
+    cfg = app.config
+    set_compute_threads(int(cfg["COMPUTE_THREADS"]))
+    eng = SearchEngine(
+        cfg["INDEX"],
+        mmap=cfg["MMAP"],
+        verify=cfg["VERIFY"],
+        reload_interval=float(cfg["RELOAD_INTERVAL"]),
+        batch_window_ms=float(cfg["BATCH_WINDOW_MS"]),
+        max_batch=int(cfg["MAX_BATCH"]),
+        novelty=bool(cfg["NOVELTY"]),
+    )
+    app.extensions["imgrec"] = eng
+    metrics = app.extensions.get("imgrec.metrics")
+    if metrics is not None:
+        eng.on_swap.append(metrics.index_swapped)
+    eng.start()
+
+
+def get_engine() -> SearchEngine:
+    """The engine of the current app."""
+    from flask import current_app
+
+    return current_app.extensions["imgrec"]

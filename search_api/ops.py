@@ -1,0 +1,92 @@
+"""Operations: liveness, readiness, index statistics and Prometheus metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from apiflask import APIBlueprint
+from apiflask.schemas import FileSchema
+from flask import Response, current_app
+
+from search_api import answers
+from search_api.engine import get_engine
+from search_api.schemas import Health, Ready, Stats
+
+bp = APIBlueprint("ops", __name__, tag="Operations")
+
+
+@bp.get("/healthz")
+@bp.output(Health)
+def healthz() -> dict:
+    """The process is alive (says nothing about the index)."""
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+@bp.output(Ready)
+@bp.doc(responses={503: "No consistent index loaded yet."})
+def readyz() -> dict:
+    """An index is loaded, checked consistent, and answering."""
+    with get_engine().snapshot() as snap:
+        return {
+            "status": "ready",
+            "index": answers.index_info(snap.generation),
+            "reload_error": get_engine().status().reload_error,
+        }
+
+
+@bp.get("/v1/stats")
+@bp.output(Stats)
+@bp.doc(responses={503: "No index loaded yet."})
+def stats() -> dict:
+    """The index being served: size, dimension, metric, model, age, evaluation figures."""
+    eng = get_engine()
+    with eng.snapshot() as snap:
+        gen = snap.generation
+        created = answers.utc(gen.created_at)
+        status = eng.status()
+        cfg = current_app.config
+        return {
+            "index": answers.index_info(gen),
+            "items": gen.item_count,
+            "dim": gen.dim,
+            "metric": gen.metric,
+            "score_kind": gen.score_kind,
+            "index_type": gen.index_type,
+            "model": {
+                "fingerprint": gen.model_fingerprint,
+                "kind": gen.model_config.get("kind", "autoencoder"),
+                "arch": gen.model_config.get("model", {}).get("arch") or gen.model_config.get("arch"),
+                "image_size": snap.encoder.preprocess.image_size,
+            },
+            "created_at": created,
+            "index_age_seconds": (dt.datetime.now(dt.UTC) - created).total_seconds(),
+            "generation": gen.id,
+            "eval_figures": gen.eval_figures,
+            "labels": snap.labels(),
+            "engine": {
+                "index_dir": str(eng.index_dir),
+                "loaded_at": status.loaded_at.isoformat() if status.loaded_at else None,
+                "reloads": status.reloads,
+                "reload_error": status.reload_error,
+                "batching": status.batch,
+            },
+            "limits": {
+                "max_content_length": cfg["MAX_CONTENT_LENGTH"],
+                "max_pixels": cfg["MAX_PIXELS"],
+                "max_k": cfg["MAX_K"],
+                "default_k": cfg["DEFAULT_K"],
+                "max_batch_images": cfg["MAX_BATCH_IMAGES"],
+            },
+            "novelty_available": hasattr(snap.encoder, "novelty_percentile"),
+        }
+
+
+@bp.get("/metrics")
+@bp.output(
+    FileSchema(type="string"), content_type="text/plain", description="Prometheus text exposition format."
+)
+def metrics() -> Response:
+    """Prometheus metrics: requests and latency by endpoint and status, index size and generation."""
+    body, content_type = current_app.extensions["imgrec.metrics"].exposition()
+    return Response(body, content_type=content_type)

@@ -1,0 +1,161 @@
+"""Request and response schemas (marshmallow, through APIFlask): they make the OpenAPI document."""
+
+from __future__ import annotations
+
+from apiflask import Schema
+from apiflask.fields import Boolean, DateTime, Dict, File, Float, Integer, List, Nested, String
+from apiflask.validators import Range
+from flask import current_app
+from marshmallow import ValidationError
+
+
+def _k_at_most_max(value: int) -> None:
+    top = int(current_app.config["MAX_K"])
+    if value > top:
+        raise ValidationError(f"must be between 1 and {top}")
+
+
+def _default_k() -> int:
+    return int(current_app.config["DEFAULT_K"])
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class SearchArgs(Schema):
+    k = Integer(
+        load_default=_default_k,
+        validate=[Range(min=1), _k_at_most_max],
+        metadata={"description": "Results wanted (default 10)."},
+    )
+    label = String(load_default=None, metadata={"description": "Only items with this label."})
+
+
+class ImageUpload(Schema):
+    image = File(required=True, metadata={"description": "The query image (JPEG, PNG, WebP, ...)."})
+
+
+class BatchUpload(Schema):
+    images = List(File(), required=True, metadata={"description": "Query images; repeat the field."})
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class IndexInfo(Schema):
+    generation = Integer(metadata={"description": "Id of the index generation that answered."})
+    model_fingerprint = String()
+    created_at = DateTime(metadata={"description": "When this generation was published (UTC)."})
+    item_count = Integer()
+    metric = String(metadata={"description": "`cosine` or `l2`."})
+    score_kind = String(metadata={"description": "`similarity` (higher is closer) or `distance` (lower is)."})
+    index_type = String()
+
+
+class ItemLinks(Schema):
+    item_url = String()
+    image_url = String()
+    thumbnail_url = String()
+    similar_url = String()
+
+
+class Result(ItemLinks):
+    rank = Integer()
+    id = Integer()
+    label = String()
+    score = Float(metadata={"description": "Similarity or distance, as `score_kind` says."})
+
+
+class Timings(Schema):
+    decode_ms = Float(metadata={"description": "Reading and resizing the image."})
+    embed_ms = Float(metadata={"description": "Encoder forward (+ novelty) of the batch it rode in."})
+    search_ms = Float(metadata={"description": "FAISS search and catalog look-up of that batch."})
+    total_ms = Float(metadata={"description": "Whole request, queueing included."})
+
+
+class QueryInfo(Schema):
+    filename = String(allow_none=True)
+    width = Integer()
+    height = Integer()
+
+
+class SearchAnswer(Schema):
+    index = Nested(IndexInfo)
+    score_kind = String()
+    k = Integer()
+    label = String(allow_none=True)
+    query = Nested(QueryInfo)
+    results = List(Nested(Result))
+    novelty_percentile = Float(
+        allow_none=True,
+        metadata={"description": "How unusual the query is against the inventory (0-100; null if unknown)."},
+    )
+    timings = Nested(Timings)
+    batch_size = Integer(metadata={"description": "Images embedded together with this one."})
+
+
+class BatchEntry(Schema):
+    status = Integer(metadata={"description": "200, or the error status of this image alone."})
+    query = Nested(QueryInfo)
+    results = List(Nested(Result))
+    novelty_percentile = Float(allow_none=True)
+    timings = Nested(Timings)
+    error = String(metadata={"description": "Only on failure: the error kind."})
+    message = String(metadata={"description": "Only on failure: what went wrong."})
+
+
+class BatchAnswer(Schema):
+    index = Nested(IndexInfo)
+    score_kind = String()
+    k = Integer()
+    label = String(allow_none=True)
+    answers = List(Nested(BatchEntry), metadata={"description": "One per image, in upload order."})
+    total_ms = Float()
+
+
+class Item(ItemLinks):
+    id = Integer()
+    label = String()
+    path = String(metadata={"description": "Relative to the inventory root."})
+    width = Integer()
+    height = Integer()
+    sha256 = String()
+    index = Nested(IndexInfo)
+
+
+class SimilarAnswer(Schema):
+    index = Nested(IndexInfo)
+    score_kind = String()
+    k = Integer()
+    label = String(allow_none=True)
+    item = Nested(Item)
+    results = List(Nested(Result))
+    timings = Nested(Timings)
+
+
+class Health(Schema):
+    status = String()
+
+
+class Ready(Schema):
+    status = String()
+    index = Nested(IndexInfo)
+    reload_error = String(allow_none=True)
+
+
+class Stats(Schema):
+    index = Nested(IndexInfo)
+    items = Integer()
+    dim = Integer()
+    metric = String()
+    score_kind = String()
+    index_type = String()
+    model = Dict(metadata={"description": "fingerprint, kind and architecture of the encoder."})
+    created_at = DateTime()
+    index_age_seconds = Float()
+    generation = Integer()
+    eval_figures = Dict(allow_none=True, metadata={"description": "Evaluation figures recorded at indexing."})
+    labels = Dict(keys=String(), values=Integer(), metadata={"description": "Live items per label."})
+    engine = Dict(metadata={"description": "Loaded at, reloads, micro-batching settings and counts."})
+    limits = Dict()
+    novelty_available = Boolean()
