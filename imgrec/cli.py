@@ -213,3 +213,7 @@ from imgrec.commands.maintenance import rollback, status  # noqa: E402
 
 cli.add_command(status)
 cli.add_command(rollback)
+
+from imgrec.commands.serve import serve  # noqa: E402
+
+cli.add_command(serve)
