@@ -82,6 +82,7 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     "--index-type",
     type=click.Choice(["flat", "ivf", "hnsw"]),
     default=None,
+    envvar="IMGREC_INDEX_TYPE",
     help="flat (exact, the default for a new index), ivf or hnsw (approximate). Default: the index's.",
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)

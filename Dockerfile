@@ -1,0 +1,55 @@
+# imgrec: one image for every service of docker-compose.yml (train, indexer, api, dask scheduler/workers).
+#
+#   docker build -t imgrec .
+#   docker run --rm -p 8000:8000 -v imgrec-index:/data/index imgrec        # the search API
+#
+# Two stages: `build` makes a virtualenv with imgrec and its dependencies (CPU torch, pinned by the
+# same constraints.txt as every other install); the final stage copies only that virtualenv, so
+# pip's caches, wheels and build dependencies stay behind.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+# CPU-only torch wheels live on PyTorch's own index; constraints.txt pins the version.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_EXTRA_INDEX_URL=${TORCH_INDEX_URL} \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# torch first, in its own layer: it is the big one and changes least
+COPY constraints.txt ./
+RUN pip install --no-cache-dir -c constraints.txt torch
+COPY pyproject.toml README.md alembic.ini ./
+COPY encoder ./encoder
+COPY indexer ./indexer
+COPY search_api ./search_api
+COPY migrations ./migrations
+COPY imgrec ./imgrec
+RUN pip install --no-cache-dir -c constraints.txt ".[dask]" \
+    && pip uninstall --yes pip setuptools wheel
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="imgrec" \
+      org.opencontainers.image.description="Query-by-image similarity search for store inventories" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 imgrec \
+    && useradd --system --no-log-init --uid 10001 --gid imgrec --home-dir /app --create-home imgrec \
+    && mkdir -p /data/index /data/models /data/inventory \
+    && chown -R imgrec:imgrec /data
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    IMGREC_INVENTORY=/data/inventory \
+    IMGREC_INDEX=/data/index \
+    IMGREC_HTTP_PORT=8000
+WORKDIR /app
+USER 10001:10001
+VOLUME ["/data/index", "/data/models"]
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('IMGREC_HTTP_PORT', '8000'), timeout=4)"]
+CMD ["sh", "-c", "exec gunicorn --config python:search_api.gunicorn_conf --bind 0.0.0.0:${IMGREC_HTTP_PORT} 'search_api:create_app()'"]
