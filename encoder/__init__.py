@@ -14,8 +14,16 @@ from encoder.preprocess import (
     is_image_name,
     load_image,
 )
+from encoder.pretrained import PRESETS as PRETRAINED_PRESETS
+
+# What `imgrec train --model` accepts, and the default: the best measured on clothing (docs/readme/quality.md).
+TRAINABLE_MODELS: list[str] = [*MODELS, *PRETRAINED_PRESETS]
+DEFAULT_MODEL: str = "effnet-lite0-pca"
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "PRETRAINED_PRESETS",
+    "TRAINABLE_MODELS",
     "IMAGE_EXTENSIONS",
     "MODELS",
     "Encoder",

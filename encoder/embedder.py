@@ -56,6 +56,15 @@ class Encoder:
             out = self._novelty_tensor(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
         return out.numpy().astype(np.float32)
 
+    def novelty_percentile(self, batch: np.ndarray) -> np.ndarray | None:
+        """(B,) in 0..100: each image's `novelty` as a percentile of the training images' own errors.
+
+        None when the model dir holds no reference distribution (models trained before it existed).
+        """
+        from encoder.novelty import has_novelty_reference, novelty_percentile
+
+        return novelty_percentile(self, batch) if has_novelty_reference(self) else None
+
     def _embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

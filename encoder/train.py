@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    arch: str = "conv-ae"  # simple-ae | conv-ae
-    image_size: int = 64  # square input side
+    arch: str = "conv-ae"  # one of encoder.TRAINABLE_MODELS: an autoencoder of MODELS or a pretrained preset
+    image_size: int | None = None  # square input side; None: 64 for autoencoders, the preset's for pretrained
     code_dim: int = 128  # simple-ae only
     filters: tuple[int, ...] = field(default=(16, 8, 8))  # conv-ae only
     epochs: int = 30  # upper bound; early stopping usually ends sooner
@@ -89,12 +89,74 @@ def train(
 ) -> TrainResult:
     """Train `cfg.arch` on the images under `images_dir` and save it into `out_dir`.
 
-    `progress(epoch, train_loss, val_loss)` is called after each epoch (the CLI shows a bar).
+    Autoencoders train epoch by epoch; pretrained presets extract features and fit their reducer.
+    `progress(step, train_loss, val_loss)` is called up to `cfg.epochs` times (the CLI shows a bar);
+    for pretrained presets the steps are shares of the images done and the losses are NaN.
     """
+    from encoder.pretrained import PRESETS
+
+    if cfg.arch in PRESETS:
+        return fit_reducer(images_dir, out_dir, cfg, progress)
+    return train_autoencoder(images_dir, out_dir, cfg, progress)
+
+
+def fit_reducer(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> TrainResult:
+    """A pretrained preset: backbone features of every image, a reducer fitted on them (no labels)."""
+    from encoder.pretrained import PRESETS, fit_pretrained
+
+    t0 = time.perf_counter()
+    preset = PRESETS[cfg.arch]
+    if cfg.image_size:
+        preset = replace(preset, image_size=cfg.image_size)
+    paths = find_images(images_dir)
+    if cfg.max_images and len(paths) > cfg.max_images:
+        rng = np.random.default_rng(cfg.seed)
+        paths = sorted(rng.choice(np.array(paths, dtype=object), cfg.max_images, replace=False).tolist())
+    if not paths:
+        raise ValueError(f"no images found under {images_dir}")
+    done, step = 0, 0
+
+    def on_images(n: int) -> None:  # images done -> up to cfg.epochs evenly spaced steps
+        nonlocal done, step
+        done += n
+        while progress and step < cfg.epochs and done * cfg.epochs >= (step + 1) * len(paths):
+            step += 1
+            progress(step, float("nan"), float("nan"))
+
+    fp, config = fit_pretrained(
+        paths, out_dir, preset, cfg.arch, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=on_images
+    )
+    t = config["training"]
+    val = t["val_error"] if t["val_error"] is not None else t["train_error"]
+    return TrainResult(
+        Path(out_dir),
+        fp,
+        [t["train_error"]],
+        [val],
+        1,
+        time.perf_counter() - t0,
+        t["images"] - t["n_val"],
+        t["n_val"],
+    )
+
+
+def train_autoencoder(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> TrainResult:
+    """Train the autoencoder `cfg.arch` (one of MODELS) epoch by epoch; keep the best validation epoch."""
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    pre = Preprocess(image_size=cfg.image_size)
+    image_size = cfg.image_size or 64
+    pre = Preprocess(image_size=image_size)
 
     paths = find_images(images_dir)
     if cfg.max_images and len(paths) > cfg.max_images:
@@ -107,7 +169,7 @@ def train(
     x_val, x_train = data[order[:n_val]], data[order[n_val:]]
 
     model_cfg = EncoderConfig(
-        arch=cfg.arch, image_size=cfg.image_size, code_dim=cfg.code_dim, filters=cfg.filters
+        arch=cfg.arch, image_size=image_size, code_dim=cfg.code_dim, filters=cfg.filters
     )
     model = build_model(model_cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -151,7 +213,7 @@ def train(
         "kind": "autoencoder",
         "model": model_cfg.to_dict(),
         "preprocess": pre.to_dict(),
-        "code_dim": code_dim(model, cfg.image_size),
+        "code_dim": code_dim(model, image_size),
         NOVELTY_KEY: novelty_reference(errors.numpy()),
         "training": {
             "config": asdict(cfg),

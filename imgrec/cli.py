@@ -218,3 +218,9 @@ cli.add_command(rollback)
 from imgrec.commands.serve import serve  # noqa: E402
 
 cli.add_command(serve)
+
+from imgrec.commands.quality import duplicates, eval_command, info  # noqa: E402
+
+cli.add_command(eval_command)
+cli.add_command(duplicates)
+cli.add_command(info)

@@ -32,7 +32,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from encoder import Encoder, ImageDecodeError, ImageTooLargeError, Preprocess, load_image
-from encoder.novelty import has_novelty_reference, novelty_percentile
 from encoder.train import find_images
 from indexer import faiss_index
 from indexer.db import Generation, Item, open_database
@@ -345,9 +344,8 @@ def _per_class(labels: list[str], per_query: dict[str, np.ndarray], class_sizes:
 
 def _novelty_percentile(encoder: Encoder, x: np.ndarray) -> float | None:
     """The query's novelty percentile, or None when the model dir has no reference errors."""
-    if not has_novelty_reference(encoder):
-        return None
-    return float(novelty_percentile(encoder, x)[0])
+    values = encoder.novelty_percentile(x)
+    return None if values is None else float(values[0])
 
 
 def _model_name(config: dict) -> str:

@@ -212,3 +212,35 @@ def _table(head: list[str], rows: list[list], header: bool = True) -> str:
     th = "<tr>" + "".join(f"<th>{e(str(h))}</th>" for h in head) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table>{th}{body}</table>"
+
+
+def format_figures(figures: dict) -> str:
+    """Eval figures as plain-text (Markdown) tables, for the terminal and `imgrec info`."""
+    k = figures["k"]
+    names = metric_names(k)
+    enc = figures["encoder"]
+    rows = [(f"{enc['name']} ({enc['dim']}-d)", figures["metrics"])]
+    if "baseline" in figures:
+        rows.append((figures["baseline"]["name"], figures["baseline"]["metrics"]))
+    rows.append(("chance (class prior)", {n: figures["chance"] for n in names if n.startswith("P@")}))
+    lines = [
+        f"{figures['n_queries']} queries against {figures['n_inventory']} items "
+        f"({figures['n_classes']} classes), generation {figures['generation_id']}, {figures['evaluated_at']}",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        *("| " + name + " | " + " | ".join(_f(m.get(n)) for n in names) + " |" for name, m in rows),
+        "",
+        "| class | queries | " + " | ".join(names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+        *(
+            f"| {c} | {v['queries']} | " + " | ".join(_f(v[n]) for n in names) + " |"
+            for c, v in figures["per_class"].items()
+        ),
+    ]
+    lat = figures["latency_ms"]
+    lines += ["", f"query latency: median {lat['total_median']} ms, p95 {lat['total_p95']} ms "
+              f"(decode {lat['decode_median']}, embed {lat['embed_median']}, search {lat['search_median']})"]  # fmt: skip
+    if "novelty_percentile_median" in figures:
+        lines.append(f"query novelty: median percentile {figures['novelty_percentile_median']}")
+    return "\n".join(lines)
