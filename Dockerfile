@@ -45,11 +45,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     IMGREC_INVENTORY=/data/inventory \
     IMGREC_INDEX=/data/index \
-    IMGREC_HTTP_PORT=8000
+    IMGREC_BIND=0.0.0.0:8000
 WORKDIR /app
 USER 10001:10001
 VOLUME ["/data/index", "/data/models"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('IMGREC_HTTP_PORT', '8000'), timeout=4)"]
-CMD ["sh", "-c", "exec gunicorn --config python:search_api.gunicorn_conf --bind 0.0.0.0:${IMGREC_HTTP_PORT} 'search_api:create_app()'"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ['IMGREC_BIND'].rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=4)"]
+# gunicorn settings: search_api/gunicorn_conf.py (IMGREC_BIND, WEB_CONCURRENCY workers)
+CMD ["gunicorn", "--config", "python:search_api.gunicorn_conf", "search_api:create_app()"]
