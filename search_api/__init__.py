@@ -53,7 +53,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     app.register_blueprint(items.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(pages.bp)
+    keep_slashes(app)
     return app
+
+
+def keep_slashes(app: APIFlask) -> None:
+    """`//x` is not redirected to `/x`: a doubled slash is a bad URL here (404), never a new path."""
+    app.url_map.merge_slashes = False
+    for rule in app.url_map.iter_rules():
+        rule.merge_slashes = False
 
 
 OPENAPI_SETTINGS: dict[str, Any] = {

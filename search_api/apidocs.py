@@ -20,6 +20,8 @@ def complete_spec(app: APIFlask, spec: dict) -> dict:
                 if param.get("name") == "k" and param.get("in") == "query":
                     param["schema"]["maximum"] = int(app.config["MAX_K"])
             body = operation.get("requestBody")
+            if body and path.startswith("/v1/search"):
+                body["required"] = True
             if path == "/v1/search" and body:
                 for media_type in RAW_IMAGE_TYPES:
                     body["content"][media_type] = {"schema": {"type": "string", "format": "binary"}}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from apiflask import Schema
 from apiflask.fields import Boolean, DateTime, Dict, File, Float, Integer, List, Nested, String
-from apiflask.validators import Range
+from apiflask.validators import Length, Range
 from flask import current_app
-from marshmallow import ValidationError
+from marshmallow import INCLUDE, ValidationError
 
 
 def _k_at_most_max(value: int) -> None:
@@ -32,11 +32,22 @@ class SearchArgs(Schema):
 
 
 class ImageUpload(Schema):
+    class Meta:
+        unknown = INCLUDE  # other form fields are ignored
+
     image = File(required=True, metadata={"description": "The query image (JPEG, PNG, WebP, ...)."})
 
 
 class BatchUpload(Schema):
-    images = List(File(), required=True, metadata={"description": "Query images; repeat the field."})
+    class Meta:
+        unknown = INCLUDE  # other form fields are ignored
+
+    images = List(
+        File(),
+        required=True,
+        validate=Length(min=1),
+        metadata={"description": "Query images; repeat the field."},
+    )
 
 
 # --- responses -----------------------------------------------------------------------------
