@@ -11,10 +11,17 @@ SQLite item ids and every generation is still one `.faiss` file.
   about 39 points per centroid); k-means runs on at most `TRAIN_POINTS_PER_LIST * nlist` sampled
   vectors. The default `nprobe` stored in the index is `ceil(sqrt(nlist))`. The centroids are fixed at
   build time: later additions go to the nearest list, so after the inventory has grown a lot, rebuild
-  (`imgrec index --full`) to retrain. Supports `remove_ids` natively.
+  (`imgrec index --full`) to retrain. It keeps an array direct map, so `reconstruct(id)` works
+  (`Snapshot.vector`, `contains`).
 - `hnsw`: HNSW-Flat, `M = HNSW_M`, efConstruction `HNSW_EF_CONSTRUCTION`, default efSearch
-  `HNSW_EF_SEARCH`. No training. faiss's HNSW cannot remove vectors: `remove_ids` here rebuilds the
-  graph in place from the stored vectors of the ids that stay (cost: a full build).
+  `HNSW_EF_SEARCH`. No training.
+
+Removing from an approximate index: `IndexIDMap2.remove_ids` is only right for flat. HNSW cannot
+remove at all, and for IVF the IDMap compacts its id table while IVF keeps its old internal ids, so
+every later result would map to the wrong item (with the direct map faiss refuses instead). So
+`remove_ids` here rebuilds in place: the vectors that stay are read back (`reconstruct_n`), the
+index is reset (IVF keeps its trained centroids) and they are re-added under their ids. Cost: an
+IVF re-assignment (cheap) or a full HNSW build.
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ def build_ann(d: int, metric: str, index_type: str, xt: np.ndarray | None) -> fa
     index.cp.seed = SEED
     index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
     index.train(sample)
+    index.make_direct_map(True)  # an array: ids inside the IDMap are always 0..ntotal-1
     index.nprobe = default_nprobe(nlist)
     logger.info("trained IVF%d on %d of %d vectors (nprobe %d)", nlist, len(sample), len(xt), index.nprobe)
     return index
@@ -126,14 +134,15 @@ def search_params(
 
 
 def supports_remove(index: faiss.Index) -> bool:
-    return index_type_of(index) != "hnsw"
+    """Whether `index.remove_ids` (through the IDMap) is correct for this type: only flat."""
+    return index_type_of(index) == "flat"
 
 
 def remove_ids(index: faiss.Index, ids: np.ndarray) -> int:
     """Remove `ids` from an `IndexIDMap2` of any type, in place; returns how many were removed.
 
-    HNSW graphs cannot drop nodes, so the index is reset and the vectors that stay are re-added
-    under their ids (same object: callers holding it see the result).
+    Approximate types are reset and the vectors that stay re-added under their ids (same object:
+    callers holding it see the result); see the module docstring for why.
     """
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if not len(ids) or index.ntotal == 0:
@@ -149,5 +158,5 @@ def remove_ids(index: faiss.Index, ids: np.ndarray) -> int:
     index.reset()
     if keep.any():
         index.add_with_ids(np.ascontiguousarray(xb[keep]), held[keep])
-    logger.info("rebuilt HNSW graph without %d ids (%d vectors re-added)", removed, int(keep.sum()))
+    logger.info("rebuilt the index without %d ids (%d vectors re-added)", removed, int(keep.sum()))
     return removed
