@@ -97,6 +97,13 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     help="Generations kept for rollback.",
 )
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Publish a generation after this many embedded files (a killed run resumes from there).",
+)
+@click.option(
     "--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for another indexer run."
 )
 @click.option(

@@ -11,6 +11,7 @@ Tables
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -142,5 +143,33 @@ def open_database(index_dir: str | Path, *, migrate: bool = True) -> Engine:
 
     url = database_url(index_dir)
     if migrate:
+        path = Path(index_dir).resolve() / DATABASE_FILE
+        if not path.exists():
+            _create_catalog(path)
         upgrade(url)
     return make_engine(url)
+
+
+def _create_catalog(path: Path) -> None:
+    """Create the schema under a temporary name, then rename it into place.
+
+    SQLite runs pysqlite's DDL outside transactions, so a run killed while creating tables
+    would leave a half-made catalog that no later migration can finish.
+    """
+    from indexer.migrate import upgrade
+
+    for stale in path.parent.glob(f"{DATABASE_FILE}.tmp-*"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f"{DATABASE_FILE}.tmp-{os.getpid()}")
+    upgrade(f"sqlite:///{tmp}")
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from indexer.db import Generation, GenerationChange, IndexState, Item, LedgerEntry, utcnow
+from indexer.store import GenerationInfo
 
 logger = logging.getLogger(__name__)
 
@@ -97,20 +99,25 @@ def make_current(session: Session, generation: Generation) -> None:
 
 
 def cleanup_orphans(index_dir: str | Path, engine: Engine) -> list[str]:
-    """Delete temporary files and FAISS files no current or kept generation points to."""
-    gen_dir = Path(index_dir) / GENERATIONS_DIR
-    if not gen_dir.is_dir():
-        return []
+    """Delete temporary files and FAISS files no current or kept generation points to.
+
+    Call with the writer lock held: a file being written by a live run looks like an orphan.
+    """
+    index_dir = Path(index_dir)
     with Session(engine) as session:
         live = set(
             session.scalars(select(Generation.faiss_file).where(Generation.status.in_(("current", "kept"))))
         )
+    gen_dir = index_dir / GENERATIONS_DIR
     removed = []
-    for path in gen_dir.iterdir():
+    for path in sorted(gen_dir.iterdir()) if gen_dir.is_dir() else []:
         rel = f"{GENERATIONS_DIR}/{path.name}"
         if rel not in live:
             path.unlink(missing_ok=True)
             removed.append(rel)
+    for path in (index_dir / "models").glob("*.tmp-*"):  # a model copy cut short
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(f"models/{path.name}")
     if removed:
         logger.info("removed %d orphan file(s): %s", len(removed), ", ".join(removed))
     return removed
@@ -131,7 +138,7 @@ def prune(index_dir: str | Path, engine: Engine, keep: int) -> list[int]:
     return ids
 
 
-def rollback(index_dir: str | Path, engine: Engine) -> Generation:
+def rollback(index_dir: str | Path, engine: Engine) -> GenerationInfo:
     """Make the previous kept generation current again, undoing the current one's item changes.
 
     :raise RollbackError: no earlier generation is kept.
@@ -148,11 +155,13 @@ def rollback(index_dir: str | Path, engine: Engine) -> Generation:
         ).first()
         if target is None:
             raise RollbackError(f"generation {cur.id} is the oldest kept; there is nothing to roll back to")
+        if not (Path(index_dir) / target.faiss_file).is_file():
+            raise RollbackError(f"the file of generation {target.id} ({target.faiss_file}) is missing")
         _undo_changes(session, cur, target)
         cur.status = "rolled_back"
         make_current(session, target)
         session.flush()
-        return target
+        return GenerationInfo.from_row(target)
 
 
 def _undo_changes(session: Session, undone: Generation, target: Generation) -> None:
@@ -166,18 +175,15 @@ def _undo_changes(session: Session, undone: Generation, target: Generation) -> N
     for ch in changes:
         item = session.get(Item, ch.item_id)
         ledger = session.scalars(select(LedgerEntry).where(LedgerEntry.path == item.path)).first()
+        for key, value in (ch.previous or {}).items():  # updated, or added back after a delete
+            setattr(item, key, value)
         if ch.change == "added":
             item.deleted_generation = undone.id
             if ledger is not None:
                 session.delete(ledger)  # unknown again: the next run re-examines the file
-        elif ch.change == "deleted":
+            continue
+        if ch.change == "deleted":
             item.deleted_generation = None
-            if ledger is not None:
-                ledger.state, ledger.reason, ledger.item_id = "embedded", "restored by rollback", item.id
-                ledger.size, ledger.mtime_ns = item.size, item.mtime_ns
-        elif ch.change == "updated" and ch.previous:
-            for key, value in ch.previous.items():
-                setattr(item, key, value)
-            if ledger is not None:
-                ledger.size, ledger.mtime_ns = item.size, item.mtime_ns
-                ledger.reason = "restored by rollback"
+        if ledger is not None:  # as the target has it; the next run compares with the file
+            ledger.state, ledger.reason, ledger.item_id = "embedded", "restored by rollback", item.id
+            ledger.size, ledger.mtime_ns = item.size, item.mtime_ns

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,8 +59,11 @@ def decode_file(file: ScannedFile, pre: Preprocess, limits: IngestLimits | None 
     if not file.usable:
         return Decoded(file, "skipped", file.reason)
     try:
-        with open(file.abs_path, "rb") as f:
+        # O_NONBLOCK: a FIFO swapped in since the scan must not block the open; regular files ignore it
+        with os.fdopen(os.open(file.abs_path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             before = os.fstat(f.fileno())
+            if not stat.S_ISREG(before.st_mode):
+                return Decoded(file, "skipped", "not a regular file")
             if before.st_size > limits.max_file_bytes:
                 return Decoded(
                     file, "skipped", f"file is {before.st_size:,} bytes, over {limits.max_file_bytes:,}"

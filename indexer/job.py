@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from encoder import Encoder, load_encoder
@@ -96,11 +98,13 @@ def run_index(
     :raise IndexLockedError: another run holds the index.
     """
     opts = options or IndexOptions()
+    for name in ("batch_size", "keep_generations", "checkpoint_every"):
+        if getattr(opts, name) < 1:
+            raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     inventory_root = str(Path(inventory).resolve())
-    with index_lock(index_dir, wait=opts.wait_for_lock):
-        engine = open_database(index_dir)
+    with index_lock(index_dir, wait=opts.wait_for_lock), _catalog(index_dir) as engine:
         cleanup_orphans(index_dir, engine)
         encoder = load_encoder(model_dir)
         with Session(engine) as session:
@@ -135,13 +139,11 @@ def run_index(
         # A rebuild of a live index publishes once at the end; otherwise every checkpoint is a generation.
         checkpoint = opts.checkpoint_every if not (opts.full and cur is not None) else None
         publisher.stage_plan(plan, items, full=opts.full)
-        done = 0
         for batch in run(
             plan.embed, encoder, batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits
         ):
             summary.decoded += len(batch.ok) + sum(1 for d in batch.rejected if d.sha256 is not None)
             publisher.stage_batch(batch)
-            done += len(batch.ok) + len(batch.rejected)
             if on_progress:
                 on_progress(len(batch.ok) + len(batch.rejected))
             if checkpoint and publisher.staged_embeddings >= checkpoint:
@@ -151,8 +153,17 @@ def run_index(
         prune(index_dir, engine, opts.keep_generations)
         summary.generation_id = summary.published[-1] if summary.published else parent_id
         summary.seconds = time.perf_counter() - t0
-        engine.dispose()
         return summary
+
+
+@contextmanager
+def _catalog(index_dir: Path) -> Iterator[Engine]:
+    """The index's catalog, created or migrated, disposed on the way out."""
+    engine = open_database(index_dir)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _settings(cur: Generation | None, encoder: Encoder, opts: IndexOptions) -> tuple[str, str]:
@@ -198,6 +209,7 @@ class _Publisher:
         self.embedded: list[Decoded] = []
         self.vectors: list[np.ndarray] = []
         self.rebuild_leftovers: set[int] | None = None  # full rebuild: live items not re-embedded yet
+        self.live_ids: dict[str, int] = {}  # path -> id of the items live when the run started
 
     @property
     def staged_embeddings(self) -> int:
@@ -207,8 +219,11 @@ class _Publisher:
         return bool(self.delete_ids or self.ledger_only or self.embedded)
 
     def stage_plan(self, plan: Plan, live_items: dict[str, Item], full: bool) -> None:
+        self.live_ids = {path: item.id for path, item in live_items.items()}
         self.delete_ids.extend(plan.delete)
         self.ledger_only.extend((f, "skipped", f.reason) for f in plan.newly_skipped)
+        self.summary.skipped += len(plan.newly_skipped)
+        self.summary.problems.extend((f.rel_path, f.reason or "skipped") for f in plan.newly_skipped)
         self.ledger_only.extend((f, "embedded", None) for f in plan.touch)
         self.ledger_only.extend(
             (ScannedFile(p, "", ""), "deleted", "file no longer in the inventory") for p in plan.gone
@@ -222,6 +237,8 @@ class _Publisher:
             self.vectors.append(batch.vectors)
         for d in batch.rejected:
             self.ledger_only.append((d.file, d.outcome, d.reason))
+            if d.file.rel_path in self.live_ids:  # its old vector no longer describes the file
+                self.delete_ids.append(self.live_ids[d.file.rel_path])
             if d.outcome == "skipped":
                 self.summary.skipped += 1
             else:
@@ -283,6 +300,7 @@ class _Publisher:
         by_path = {i.path: i for i in session.scalars(select(Item).where(Item.path.in_(paths)))}
         added: list[Item] = []
         slots: list[Item] = []  # the item of each staged vector, in order
+        previous_of: dict[int, dict] = {}
         for d in self.embedded:
             item = by_path.get(d.file.rel_path)
             if item is not None and item.deleted_generation is None:  # live: re-embed under the same id
@@ -300,6 +318,8 @@ class _Publisher:
                 if item is None:
                     item = Item(path=d.file.rel_path)
                     session.add(item)
+                else:  # deleted earlier and back: rollback restores the deleted row as it was
+                    previous_of[item.id] = {k: getattr(item, k) for k in ROLLBACK_FIELDS}
                 item.deleted_generation, item.added_generation = None, gen_id
                 added.append(item)
                 self.summary.added += 1
@@ -307,7 +327,12 @@ class _Publisher:
             item.width, item.height = d.width, d.height
             slots.append(item)
         session.flush()  # assigns ids to new items
-        changes += [GenerationChange(generation_id=gen_id, item_id=i.id, change="added") for i in added]
+        changes += [
+            GenerationChange(
+                generation_id=gen_id, item_id=i.id, change="added", previous=previous_of.get(i.id)
+            )
+            for i in added
+        ]
 
         delete_ids = list(self.delete_ids)
         if self.rebuild_leftovers:  # a full rebuild drops live items it did not re-embed
@@ -322,7 +347,7 @@ class _Publisher:
             changes.append(GenerationChange(generation_id=gen_id, item_id=item_id, change="deleted"))
             self.summary.deleted += 1
             entry = session.scalars(select(LedgerEntry).where(LedgerEntry.path == item.path)).first()
-            if entry is not None and entry.state == "embedded":
+            if entry is not None:  # a file still there but now unusable gets its own reason below
                 entry.state, entry.reason, entry.generation_id = (
                     "deleted",
                     "file no longer in the inventory",

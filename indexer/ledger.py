@@ -7,39 +7,38 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from indexer.db import LedgerEntry, open_database
+from indexer.db import Generation, LedgerEntry, open_database
 from indexer.generations import current_generation
 from indexer.store import IndexNotFoundError, has_catalog
 
 
 def ledger_report(index_dir: str | Path, limit: int = 50) -> dict:
-    """Counts per state, the current generation, and up to `limit` skipped or failed files."""
+    """Counts per state, the generations on disk, and up to `limit` skipped or failed files.
+
+    :raise IndexNotFoundError: the folder has no catalog.
+    """
     if not has_catalog(index_dir):
         raise IndexNotFoundError(f"no index in {index_dir}")
     engine = open_database(index_dir, migrate=False)
     try:
-        with Session(engine) as session:
+        with Session(engine) as session, session.begin():  # one read transaction: one consistent view
             states = dict(
                 session.execute(select(LedgerEntry.state, func.count()).group_by(LedgerEntry.state)).all()
             )
+            where = LedgerEntry.state.in_(("skipped", "failed"))
+            n_problems = session.scalar(select(func.count()).select_from(LedgerEntry).where(where))
             problems = session.scalars(
-                select(LedgerEntry)
-                .where(LedgerEntry.state.in_(("skipped", "failed")))
-                .order_by(LedgerEntry.state, LedgerEntry.path)
-                .limit(limit)
+                select(LedgerEntry).where(where).order_by(LedgerEntry.state, LedgerEntry.path).limit(limit)
             ).all()
             gen = current_generation(session)
+            kept = session.scalars(
+                select(Generation)
+                .where(Generation.status.in_(("current", "kept")))
+                .order_by(Generation.id.desc())
+            ).all()
             return {
-                "generation": None
-                if gen is None
-                else {
-                    "id": gen.id,
-                    "created_at": gen.created_at.isoformat(timespec="seconds"),
-                    "item_count": gen.item_count,
-                    "metric": gen.metric,
-                    "index_type": gen.index_type,
-                    "model_fingerprint": gen.model_fingerprint,
-                },
+                "generation": None if gen is None else _generation(gen),
+                "generations": [_generation(g) for g in kept],
                 "states": states,
                 "problems": [
                     {
@@ -50,6 +49,19 @@ def ledger_report(index_dir: str | Path, limit: int = 50) -> dict:
                     }
                     for e in problems
                 ],
+                "problems_not_listed": n_problems - len(problems),
             }
     finally:
         engine.dispose()
+
+
+def _generation(g: Generation) -> dict:
+    return {
+        "id": g.id,
+        "status": g.status,
+        "created_at": g.created_at.isoformat(timespec="seconds"),
+        "item_count": g.item_count,
+        "metric": g.metric,
+        "index_type": g.index_type,
+        "model_fingerprint": g.model_fingerprint,
+    }

@@ -28,17 +28,19 @@ def status(index_dir: str, as_json: bool, limit: int) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    gen = report["generation"]
-    if gen:
+    if not report["generations"]:
+        click.echo("no generation published yet")
+    for g in report["generations"]:
         click.echo(
-            f"generation {gen['id']} ({gen['created_at']}): {gen['item_count']} items, {gen['metric']}, {gen['index_type']}"
+            f"generation {g['id']} {g['status']:<7} {g['created_at']}  {g['item_count']} items, "
+            f"{g['metric']}, {g['index_type']}, model {g['model_fingerprint'][:12]}"
         )
-    click.echo(
-        "files: " + ", ".join(f"{n} {state}" for state, n in sorted(report["states"].items()))
-        or "no files yet"
-    )
+    states = sorted(report["states"].items())
+    click.echo("files: " + (", ".join(f"{n} {state}" for state, n in states) or "none yet"))
     for row in report["problems"]:
         click.echo(f"  {row['state']:<8} {row['path']}: {row['reason']}")
+    if report["problems_not_listed"]:
+        click.echo(f"  ... and {report['problems_not_listed']} more (--limit)")
 
 
 @click.command()
@@ -57,7 +59,11 @@ def rollback(index_dir: str) -> None:
 
     try:
         with index_lock(index_dir):
-            target = do_rollback(index_dir, open_database(index_dir))
+            engine = open_database(index_dir)
+            try:
+                target = do_rollback(index_dir, engine)
+            finally:
+                engine.dispose()
     except EXPECTED_ERRORS + (RuntimeError,) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"generation {target.id} is current again ({target.item_count} items)")
