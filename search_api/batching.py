@@ -81,6 +81,12 @@ class Batcher(Generic[T, R]):
     def enabled(self) -> bool:
         return self.window > 0
 
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a batch (not counting the one being processed)."""
+        with self._lock:
+            return len(self._queue)
+
     def submit(self, job: T) -> R:
         """Process `job`, batched with whatever other threads submit at the same time."""
         if not self.enabled:

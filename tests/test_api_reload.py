@@ -1,0 +1,122 @@
+"""Hot reload: a newly published generation is served without a restart and without failing a request."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+from tests.conftest import Api, build_index
+
+
+def add_images(catalog, inventory) -> int:
+    """Copy the held-back queries into the inventory (new items for the next generation)."""
+    paths = catalog.query_paths()
+    for p in paths:
+        shutil.copy(p, inventory / p.parent.name / f"new-{p.name}")
+    return len(paths)
+
+
+def test_new_generation_is_served_while_requests_run(make_app, serve, fresh_index, catalog):
+    app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0.05)
+    base_url = serve(app)
+    with Api(base_url) as api:
+        first = api.get("/readyz").json()["index"]
+    image = catalog.query_bytes(3)
+    seen: list[tuple[int, int]] = []  # (generation, item_count) per answer, in order, per client
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with Api(base_url) as api:
+            while not stop.is_set():
+                if n % 2:
+                    r = api.post("/v1/search", params={"k": 3}, files={"image": image})
+                else:
+                    r = api.get("/v1/items/2/similar", params={"k": 3})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                    continue
+                ix = r.json()["index"]
+                seen.append((n, ix["generation"], ix["item_count"]))
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in clients:
+        t.start()
+    try:
+        while len(seen) < 20:  # requests are flowing on the first generation
+            time.sleep(0.01)
+        added = add_images(catalog, fresh_index.inventory)
+        second = build_index(fresh_index.inventory, catalog.model, fresh_index.index)
+        assert second != first["generation"]
+        deadline = time.monotonic() + 60
+        while not any(g == second for _, g, _ in seen[-8:]):
+            assert time.monotonic() < deadline, "the new generation was never served"
+            time.sleep(0.02)
+        after = len(seen)
+        while len(seen) < after + 20:  # and answers keep coming from it
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=30)
+
+    assert failures == []
+    for n in range(4):  # every client switched once, forwards, and never went back
+        gens = [g for c, g, _ in seen if c == n]
+        assert gens[0] == first["generation"] and gens[-1] == second
+        assert gens == sorted(gens)
+    counts = {g: c for _, g, c in seen}
+    assert counts == {first["generation"]: first["item_count"], second: first["item_count"] + added}
+    with Api(base_url) as api:
+        stats = api.get("/v1/stats").json()
+        assert stats["generation"] == second and stats["engine"]["reloads"] == 2
+        assert f"imgrec_index_generation {float(second)}" in api.get("/metrics").text
+
+
+def test_rollback_is_served_too(make_app, serve, fresh_index, catalog):
+    from indexer.db import open_database
+    from indexer.generations import index_lock, rollback
+
+    app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0.05)
+    with Api(serve(app)) as api:
+        first = api.get("/readyz").json()["index"]["generation"]
+        add_images(catalog, fresh_index.inventory)
+        second = build_index(fresh_index.inventory, catalog.model, fresh_index.index)
+        wait_for_generation(api, second)
+        with index_lock(fresh_index.index):
+            rollback(fresh_index.index, open_database(fresh_index.index))
+        wait_for_generation(api, first)
+        assert (
+            api.post("/v1/search", files={"image": catalog.query_bytes()}).json()["index"]["generation"]
+            == first
+        )
+
+
+def wait_for_generation(api: Api, generation: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while api.get("/readyz").json()["index"]["generation"] != generation:
+        assert time.monotonic() < deadline, f"generation {generation} never served"
+        time.sleep(0.05)
+
+
+def test_a_request_keeps_its_snapshot_across_a_swap(fresh_index, catalog):
+    from search_api.engine import SearchEngine
+
+    eng = SearchEngine(fresh_index.index, reload_interval=0)
+    eng.start()
+    try:
+        with eng.snapshot() as old:
+            add_images(catalog, fresh_index.inventory)
+            build_index(fresh_index.inventory, catalog.model, fresh_index.index)
+            assert eng.reload()
+            with eng.snapshot() as new:
+                assert new.generation.id != old.generation.id
+                assert new.generation.item_count > old.generation.item_count
+            # the old snapshot still answers (FAISS and catalog) until this request is done
+            (hits,) = old.search_vectors(old.vector(1)[None], k=3)
+            assert hits[0].id == 1 and old.item(1) is not None
+            assert not eng.reload()  # nothing newer: no swap
+        assert eng.status().generation_id == new.generation.id
+    finally:
+        eng.close()
