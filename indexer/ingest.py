@@ -2,24 +2,35 @@
 
 `decode_file` never raises for a bad file: it returns a `Decoded` whose `outcome` says what
 happened. `embed_files` runs decoding on a thread pool (Pillow releases the GIL while decoding and
-resizing) ahead of batched encoder forward passes, so decoding and embedding overlap.
+resizing) in a producer thread that fills a bounded queue of ready batches, while the caller's
+thread runs batched encoder forward passes: decoding and embedding overlap (docs/readme/performance.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import queue
 import stat
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
+import torch
 
 from encoder import Encoder, ImageDecodeError, ImageTooLargeError, Preprocess, load_image
 from encoder.preprocess import DEFAULT_MAX_PIXELS
 from indexer.scan import ScannedFile
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
 
@@ -105,6 +116,28 @@ class EmbeddedBatch:
     rejected: list[Decoded]
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (respects affinity masks and container cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run the block with torch using `n` intra-op threads (None: all cores), then restore."""
+    before = torch.get_num_threads()
+    n = max(1, n or available_cores())
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def embed_files(
     files: Iterable[ScannedFile],
     encoder: Encoder,
@@ -113,41 +146,175 @@ def embed_files(
     workers: int = 2,
     limits: IngestLimits | None = None,
     on_decoded: Callable[[Decoded], None] | None = None,
+    threads: int | None = None,
+    prefetch: int = 2,
 ) -> Iterator[EmbeddedBatch]:
-    """Decode `files` on `workers` threads and embed them in batches, in input order."""
+    """Decode `files` on `workers` threads and embed them in batches, in input order.
+
+    A producer thread decodes (Pillow releases the GIL while decoding and resizing), stacks and
+    normalises whole batches into a queue of at most `prefetch` batches, while this generator runs
+    the encoder on the previous batch: decoding and the forward pass overlap, and memory stays
+    bounded. The encoder runs on `threads` torch threads; None picks 1 or all cores by measured
+    throughput (`ThreadTuner`), so decoding and the forward pass do not oversubscribe the cores.
+    `on_decoded` is called for every file, in input order, on the caller's thread.
+    """
     pre = encoder.preprocess
+    ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
 
-    def flush(pending: list[Decoded], rejected: list[Decoded]) -> EmbeddedBatch:
-        if pending:
-            vectors = encoder.embed_uint8(np.stack([d.pixels for d in pending]))
-            for d in pending:
-                d.pixels = None  # free memory as soon as embedded
-        else:
-            vectors = np.zeros((0, encoder.dim), np.float32)
-        return EmbeddedBatch(pending, vectors, rejected)
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    pending: list[Decoded] = []
-    rejected: list[Decoded] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
-        for decoded in _ordered_map(pool, lambda f: decode_file(f, pre, limits), files, ahead=4 * batch_size):
-            if on_decoded:
-                on_decoded(decoded)
-            (pending if decoded.outcome == "ok" else rejected).append(decoded)
-            if len(pending) >= batch_size:
-                yield flush(pending, rejected)
-                pending, rejected = [], []
-    if pending or rejected:
-        yield flush(pending, rejected)
+    def produce() -> None:
+        try:
+            with closing(_decoded_batches(files, pre, limits, batch_size, workers, stop)) as batches:
+                for batch in batches:
+                    if not put(batch):
+                        return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(_Failure(e))
+
+    producer = threading.Thread(target=produce, name="embed-producer", daemon=True)
+    cores = available_cores()
+    tuner = ThreadTuner([1, cores] if threads is None and cores > 1 else [threads or cores])
+    with torch_threads(tuner.next()):
+        producer.start()
+        try:
+            t = time.perf_counter()
+            while (item := ready.get()) is not _END:
+                if isinstance(item, _Failure):
+                    raise item.error
+                if on_decoded:
+                    for d in item.in_order:
+                        on_decoded(d)
+                n_threads = tuner.next()
+                if torch.get_num_threads() != n_threads:
+                    torch.set_num_threads(n_threads)
+                vectors = encoder.embed(item.x) if item.ok else np.zeros((0, encoder.dim), np.float32)
+                yield EmbeddedBatch(item.ok, vectors, item.rejected)
+                now = time.perf_counter()
+                tuner.record(n_threads, len(item.in_order), now - t)  # one cycle: wait, embed, caller
+                t = now
+        finally:
+            stop.set()
+            producer.join()
+    logger.debug("embed_files: torch threads %s", tuner.summary())
+
+
+class ThreadTuner:
+    """Picks torch's thread count among `candidates` by measured pipeline throughput.
+
+    Each candidate runs `window` batches, interleaved, after one warm-up batch; the one with the
+    lowest median seconds per image wins until the next check, `every` batches later (the load of
+    a shared machine changes). Measured on 2 cores: conv-ae at 64 px (decode-bound) is fastest with
+    1 torch thread, leaving a core to decoding; a 224 px CNN (forward-bound) with both cores on
+    an idle machine, but with 1 when other processes keep the cores busy, where OpenMP threads
+    waiting for a preempted peer make 2 threads several times slower than 1.
+    """
+
+    def __init__(self, candidates: list[int], window: int = 3, every: int = 64):
+        self.candidates = list(dict.fromkeys(candidates))
+        self.window, self.every = window, every
+        self.best = self.candidates[0]
+        self.batches = 0
+        self.history: list[dict[int, float]] = []  # per check: candidate -> median s/image
+        self._schedule: deque[int] = deque()
+        self._samples: dict[int, list[float]] = {}
+
+    def _start_check(self) -> None:
+        if len(self.candidates) > 1:
+            self._samples = {c: [] for c in self.candidates}
+            self._schedule = deque(c for _ in range(self.window) for c in self.candidates)
+
+    def next(self) -> int:
+        """The thread count for the next batch."""
+        return self._schedule[0] if self._schedule else self.best
+
+    def record(self, n_threads: int, n_images: int, seconds: float) -> None:
+        """One batch of `n_images` took `seconds` (a whole pipeline cycle) with `n_threads`."""
+        self.batches += 1
+        if self._schedule and self._schedule[0] == n_threads:
+            self._schedule.popleft()
+            self._samples[n_threads].append(seconds / max(1, n_images))
+            if not self._schedule:
+                medians = {c: float(np.median(v)) for c, v in self._samples.items()}
+                self.history.append(medians)
+                self.best = min(medians, key=medians.__getitem__)
+        elif (self.batches - 1) % self.every == 0:  # batch 1 (warm-up) starts the first check
+            self._start_check()
+
+    def summary(self) -> str:
+        return f"best {self.best}, checks {self.history}"
+
+
+@dataclass
+class _ReadyBatch:
+    """Files of one batch, decoded; `x` is the normalised (B, 3, S, S) input of `ok`."""
+
+    ok: list[Decoded]
+    rejected: list[Decoded]
+    in_order: list[Decoded]
+    x: np.ndarray | None
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+_END = object()
+
+
+def _decoded_batches(
+    files: Iterable[ScannedFile],
+    pre: Preprocess,
+    limits: IngestLimits | None,
+    batch_size: int,
+    workers: int,
+    stop: threading.Event,
+) -> Iterator[_ReadyBatch]:
+    """Decode on a thread pool, in input order, grouped into batches ready for the encoder."""
+
+    def ready(in_order: list[Decoded]) -> _ReadyBatch:
+        ok = [d for d in in_order if d.outcome == "ok"]
+        rejected = [d for d in in_order if d.outcome != "ok"]
+        x = pre.normalize(np.stack([d.pixels for d in ok])) if ok else None  # (B, 3, S, S)
+        for d in ok:
+            d.pixels = None  # free memory as soon as batched
+        return _ReadyBatch(ok, rejected, in_order, x)
+
+    in_order: list[Decoded] = []
+    n_ok = 0
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
+    try:
+        decode = partial(decode_file, pre=pre, limits=limits)
+        for decoded in _ordered_map(pool, decode, files, ahead=2 * batch_size + 2 * workers):
+            if stop.is_set():
+                return
+            in_order.append(decoded)
+            n_ok += decoded.outcome == "ok"
+            if n_ok >= batch_size:
+                yield ready(in_order)
+                in_order, n_ok = [], 0
+        if in_order:
+            yield ready(in_order)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, ahead: int) -> Iterator:  # noqa: ANN001
     """Like `pool.map`, but keeps at most `ahead` tasks in flight (bounded memory)."""
-    from collections import deque
-
-    queue: deque = deque()
+    pending: deque = deque()
     for item in items:
-        queue.append(pool.submit(fn, item))
-        if len(queue) >= ahead:
-            yield queue.popleft().result()
-    while queue:
-        yield queue.popleft().result()
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
