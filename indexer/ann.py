@@ -35,7 +35,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ANN_TYPES = ("ivf", "hnsw")
-TRAIN_POINTS_PER_LIST = 64  # k-means sample size per IVF list (faiss itself caps at 256)
+TRAIN_POINTS_PER_LIST = 40  # k-means sample size per IVF list (faiss wants >= 39; caps at 256)
 MIN_POINTS_PER_LIST = 39  # below this faiss warns that k-means is poorly trained
 HNSW_M = 32  # graph degree: more = better recall, more memory, slower build
 HNSW_EF_CONSTRUCTION = 80  # candidate list while building

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -96,7 +96,11 @@ class DaskEmbedder:
         batch_size: int = 32,
         workers: int = 2,  # decoding threads of a local run; each Dask task decodes its own partition
         limits: IngestLimits | None = None,
+        on_decoded: Callable[[Decoded], None] | None = None,
+        threads: int | None = None,  # torch threads of a local run; workers keep their own setting
+        prefetch: int = 2,  # batches decoded ahead in a local run; here `max_in_flight` partitions
     ) -> Iterator[EmbeddedBatch]:
+        """Like `embed_files`: batches (one per partition) in input order; `on_decoded` per file, in order."""
         from distributed import as_completed
 
         files = list(files)
@@ -128,7 +132,12 @@ class DaskEmbedder:
                     pending.add(submit(next_part))
                     next_part += 1
                 while expected in done:  # hand results over in input order
-                    yield done.pop(expected)
+                    batch = done.pop(expected)
+                    if on_decoded:
+                        position = {f.rel_path: i for i, f in enumerate(parts[expected])}
+                        for d in sorted(batch.ok + batch.rejected, key=lambda d: position[d.file.rel_path]):
+                            on_decoded(d)
+                    yield batch
                     expected += 1
         finally:
             pending.clear()
