@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from encoder.augment import corrupt, random_view
 from encoder.model_dir import save_model_dir
 from encoder.models import EncoderConfig, build_model, code_dim
 from encoder.novelty import NOVELTY_KEY, novelty_reference
@@ -30,8 +32,14 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     arch: str = "conv-ae"  # one of encoder.TRAINABLE_MODELS: an autoencoder of MODELS or a pretrained preset
     image_size: int | None = None  # square input side; None: 64 for autoencoders, the preset's for pretrained
-    code_dim: int = 128  # simple-ae only
+    code_dim: int = 128  # simple-ae, res-ae
     filters: tuple[int, ...] = field(default=(16, 8, 8))  # conv-ae only
+    width: int = 32  # res-ae: channels of the first stage
+    # robustness knobs (None: the arch's own default, ARCH_DEFAULTS; the original recipe uses none)
+    augment: bool | None = None  # reconstruct random crop/shift/mirror views instead of the images
+    noise: float | None = None  # denoising: input jitter (brightness/contrast/saturation) and noise std
+    invariance: float | None = None  # weight of 1 - cos(code(view 1), code(view 2)): views agree
+    max_minutes: float | None = None  # stop after this much time (the best epoch so far is kept)
     epochs: int = 30  # upper bound; early stopping usually ends sooner
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -41,6 +49,22 @@ class TrainConfig:
     min_delta: float = 1e-5  # smaller improvements do not count
     seed: int = 0
     max_images: int | None = None  # train on a random subset (None: all)
+
+
+ARCH_DEFAULTS: dict[str, dict] = {
+    "res-ae": {"augment": True, "noise": 0.05, "invariance": 1.0, "max_minutes": 13.0, "epochs": 40},
+}
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with knobs left at None filled from the arch's defaults (then off)."""
+    arch = ARCH_DEFAULTS.get(cfg.arch, {})
+    fill = {"augment": False, "noise": 0.0, "invariance": 0.0}
+    out = replace(cfg, **{k: arch.get(k, fill.get(k)) for k in ("augment", "noise", "invariance", "max_minutes")
+                          if getattr(cfg, k) is None})  # fmt: skip
+    if "epochs" in arch and cfg.epochs == TrainConfig.epochs:
+        out = replace(out, epochs=arch["epochs"])
+    return out
 
 
 # A tiny CPU preset: `imgrec demo` and the tests use it (cf. nanoGPT's train_shakespeare_char).
@@ -153,6 +177,7 @@ def train_autoencoder(
 ) -> TrainResult:
     """Train the autoencoder `cfg.arch` (one of MODELS) epoch by epoch; keep the best validation epoch."""
     t0 = time.perf_counter()
+    cfg = resolved(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     image_size = cfg.image_size or 64
@@ -169,9 +194,11 @@ def train_autoencoder(
     x_val, x_train = data[order[:n_val]], data[order[n_val:]]
 
     model_cfg = EncoderConfig(
-        arch=cfg.arch, image_size=image_size, code_dim=cfg.code_dim, filters=cfg.filters
+        arch=cfg.arch, image_size=image_size, code_dim=cfg.code_dim, filters=cfg.filters, width=cfg.width
     )
     model = build_model(model_cfg)
+    if cfg.invariance and not hasattr(model, "decode"):
+        raise ValueError(f"{cfg.arch} has no separate decoder: train it with invariance 0")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     loss_fn = nn.MSELoss()
 
@@ -184,16 +211,28 @@ def train_autoencoder(
         total = 0.0
         for i in range(0, len(x_train), cfg.batch_size):
             xb = x_train[perm[i : i + cfg.batch_size]]  # (B, 3, S, S)
-            loss = loss_fn(model(xb), xb)
+            target = random_view(xb) if cfg.augment else xb  # what to reconstruct
+            inp = corrupt(target, noise_std=cfg.noise) if cfg.noise else target  # what the model sees
+            if cfg.invariance:  # a second view's code must agree with the first's
+                other = random_view(xb) if cfg.augment else xb
+                z1, z2 = model.encode(torch.cat([inp, corrupt(other, noise_std=cfg.noise)])).chunk(
+                    2
+                )  # (B, D) x2
+                recon = loss_fn(model.decode(z1), target)
+                loss = recon + cfg.invariance * (1 - F.cosine_similarity(z1, z2).mean())
+            else:
+                recon = loss = loss_fn(model(inp), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(xb)
+            total += recon.item() * len(xb)
         train_losses.append(total / len(x_train))
 
         model.eval()
-        with torch.inference_mode():
-            val_losses.append(float(loss_fn(model(x_val), x_val)))
+        with torch.inference_mode():  # clean reconstruction of held-out images
+            val_losses.append(
+                float(sum(loss_fn(model(v), v) * len(v) for v in x_val.split(256)) / len(x_val))
+            )
         if progress:
             progress(epoch, train_losses[-1], val_losses[-1])
         if val_losses[-1] < best_val - cfg.min_delta:
@@ -201,6 +240,11 @@ def train_autoencoder(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= cfg.patience:
             logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+        if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            logger.info(
+                "time budget of %.1f min reached at epoch %d (best %d)", cfg.max_minutes, epoch, best_epoch
+            )
             break
 
     assert best_state is not None
