@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from indexer.db import Generation, GenerationChange, IndexState, Item, LedgerEntry, utcnow
+from indexer.db import DATABASE_FILE, Generation, GenerationChange, IndexState, Item, LedgerEntry, utcnow
 from indexer.store import GenerationInfo
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,9 @@ def cleanup_orphans(index_dir: str | Path, engine: Engine) -> list[str]:
     for path in (index_dir / "models").glob("*.tmp-*"):  # a model copy cut short
         shutil.rmtree(path, ignore_errors=True)
         removed.append(f"models/{path.name}")
+    for path in index_dir.glob(f"{DATABASE_FILE}.tmp-*"):  # a catalog creation cut short
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
     if removed:
         logger.info("removed %d orphan file(s): %s", len(removed), ", ".join(removed))
     return removed

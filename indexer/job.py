@@ -123,6 +123,7 @@ def run_index(
         if on_total:
             on_total(len(plan.embed))
         if not plan.changes_anything and not (opts.full and cur is not None):
+            prune(index_dir, engine, opts.keep_generations)
             summary.generation_id = parent_id
             summary.seconds = time.perf_counter() - t0
             return summary

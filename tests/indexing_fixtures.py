@@ -1,0 +1,197 @@
+"""Helpers for the indexing tests: a tiny untrained model, generated inventories, index comparison,
+and the code that runs in child processes (an indexer to kill, a reader loop).
+
+Nothing is downloaded or trained: the model is a randomly initialised conv-ae (seeded), which
+embeds deterministically, and images are drawn procedurally.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoder.model_dir import save_model_dir
+from encoder.models import EncoderConfig, build_model, code_dim
+from encoder.preprocess import Preprocess
+from imgrec.synthetic import CLASSES, draw_item
+from indexer import IndexOptions, open_snapshot, run_index
+from indexer.faiss_index import ids_of
+
+IMAGE_SIZE = 16  # model input side: tiny, so embedding costs little next to the work under test
+
+
+def make_model_dir(path: Path, seed: int = 0) -> Path:
+    """A random-weight conv-ae model dir (a different `seed` is a different model)."""
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(arch="conv-ae", image_size=IMAGE_SIZE, filters=(4, 4, 4))
+    model = build_model(cfg).eval()
+    config = {
+        "kind": "autoencoder",
+        "model": cfg.to_dict(),
+        "preprocess": Preprocess(image_size=IMAGE_SIZE).to_dict(),
+        "code_dim": code_dim(model, IMAGE_SIZE),
+        "training": {"seed": seed},
+    }
+    save_model_dir(path, model.state_dict(), config)
+    return path
+
+
+def write_image(path: Path, seed: int, size: int = 24) -> Path:
+    """One small product-like picture (JPEG or PNG by the suffix of `path`)."""
+    rng = np.random.default_rng(seed)
+    shape, color = list(CLASSES.values())[seed % len(CLASSES)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_item(shape, color, rng, size).save(path)
+    return path
+
+
+def make_inventory(root: Path, n: int, start: int = 0) -> list[Path]:
+    """`n` images in a few label folders, JPEG and PNG; file i is drawn from seed `start + i`."""
+    paths = []
+    for i in range(start, start + n):
+        label = list(CLASSES)[i % len(CLASSES)]
+        paths.append(write_image(root / label / f"item-{i:04d}.{'jpg' if i % 2 else 'png'}", seed=i))
+    return paths
+
+
+def mutate_inventory(root: Path, rng: np.random.Generator, next_seed: int, n: int = 10) -> int:
+    """Delete, rewrite, rename and add about `n` files each; returns the next unused seed."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    picked = rng.permutation(len(files))
+    doomed, changed, moved = picked[:n], picked[n : 2 * n], picked[2 * n : 3 * n]
+    for i in doomed:
+        files[i].unlink()
+    for i in changed:
+        write_image(files[i], seed=next_seed)
+        next_seed += 1
+    for i in moved:
+        label = list(CLASSES)[int(rng.integers(len(CLASSES)))]
+        target = root / label / f"moved-{next_seed:05d}{files[i].suffix}"
+        target.parent.mkdir(exist_ok=True)
+        files[i].rename(target)
+        next_seed += 1
+    make_inventory(root, n, start=next_seed)
+    return next_seed + n
+
+
+def index_contents(index_dir: Path) -> dict[str, np.ndarray]:
+    """path -> stored vector of every item of the current generation (opened and verified)."""
+    snap = open_snapshot(index_dir, mmap=False)
+    try:
+        ids = ids_of(snap.index).tolist()
+        items = snap.items(ids)
+        assert len(items) == len(ids) == snap.generation.item_count
+        return {items[i].path: snap.vector(i) for i in ids}
+    finally:
+        snap.close()
+
+
+def full_rebuild(inventory: Path, model_dir: Path, out: Path) -> dict[str, np.ndarray]:
+    """What a from-scratch index of `inventory` holds (built in a fresh folder)."""
+    shutil.rmtree(out, ignore_errors=True)
+    run_index(inventory, model_dir, out, IndexOptions(full=True))
+    return index_contents(out)
+
+
+def assert_same_index(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """Same items (by path) with the same vectors, within float tolerance."""
+    only_got, only_want = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    assert not only_got and not only_want, f"only in index: {only_got[:5]}, only in rebuild: {only_want[:5]}"
+    for path, v in want.items():
+        np.testing.assert_allclose(got[path], v, rtol=1e-4, atol=1e-5, err_msg=path)
+
+
+def copy_index(src: Path, dst: Path) -> None:
+    """Copy an index folder no process has open (catalog with its WAL, FAISS files, models)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, symlinks=True)
+
+
+def imgrec_command() -> list[str]:
+    """The `imgrec` command of this interpreter's environment."""
+    script = Path(sys.executable).parent / "imgrec"
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from imgrec.cli import cli; cli()"]
+
+
+# --- child processes ---------------------------------------------------------------------------
+
+
+def forkserver() -> multiprocessing.context.BaseContext:
+    """A multiprocessing context whose server has imported imgrec (torch, faiss, ...) once.
+
+    Each child is forked from it, so it starts in milliseconds instead of paying the seconds of
+    imports; it is still a separate process, killed for real with SIGKILL.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["imgrec.cli", "indexer", "tests.indexing_fixtures"])
+    return ctx
+
+
+def cli_child(args: list[str], log: str, die_at: str | None = None) -> None:
+    """Run `imgrec ARGS` in this (child) process, output to `log`.
+
+    `die_at` ("module:function") makes the child SIGKILL itself when that function is called:
+    a crash at an exact point, set up by the test and not by the indexer.
+    """
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    if die_at:
+        import importlib
+
+        module, name = die_at.split(":")
+        setattr(importlib.import_module(module), name, lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+    import threading
+
+    from tqdm import tqdm
+
+    from imgrec.cli import cli
+
+    tqdm.set_lock(threading.RLock())  # not tqdm's multiprocessing lock: a killed child would leak it
+    cli.main(args=args, prog_name="imgrec")
+
+
+def reader_loop(index_dir: str, stop_file: str, out_file: str) -> None:
+    """Open the current generation over and over and query it, until `stop_file` appears.
+
+    Every snapshot must open verified (count, ids, live items agree), and every hit must be an id of
+    that snapshot's FAISS file with a catalog row. Writes what it saw to `out_file` (JSON).
+    """
+    rng = np.random.default_rng(0)
+    seen: dict[int, int] = {}
+    errors: list[str] = []
+    queries = 0
+    ready = Path(out_file + ".ready")
+    while True:
+        stop = os.path.exists(stop_file)  # one last pass after the stop file appears
+        try:
+            snap = open_snapshot(index_dir, mmap=True)
+            try:
+                ids = set(ids_of(snap.index).tolist())
+                if len(ids) != snap.generation.item_count:
+                    errors.append(f"generation {snap.generation.id}: {len(ids)} ids in FAISS")
+                xq = rng.standard_normal((4, snap.index.d)).astype(np.float32)
+                for hits in snap.search_vectors(xq, k=10):
+                    if len(hits) != min(10, len(ids)):
+                        errors.append(f"generation {snap.generation.id}: {len(hits)} hits")
+                    for h in hits:
+                        if h.id not in ids or not h.item.path:
+                            errors.append(f"generation {snap.generation.id}: hit {h.id} not in it")
+                seen[snap.generation.id] = seen.get(snap.generation.id, 0) + 1
+                queries += 4
+            finally:
+                snap.close()
+        except Exception as e:  # noqa: BLE001 - every error is recorded and fails the test
+            errors.append(f"{type(e).__name__}: {e}")
+        ready.touch()
+        if stop:
+            break
+    Path(out_file).write_text(json.dumps({"seen": seen, "errors": errors[:20], "queries": queries}))
