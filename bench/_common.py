@@ -151,3 +151,135 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# -- a synthetic index dir (for the search and serving benchmarks) ---------------------------------
+
+CACHE = Path(os.environ.get("IMGREC_BENCH_CACHE", "/tmp/imgrec-bench-cache"))
+SYNTHETIC_IMAGE_SIZE = 32  # a conv-ae at 32 px has 8 x 4 x 4 = 128-d codes
+
+
+def synthetic_vectors(n: int, d: int = 128, seed: int = 0):  # noqa: ANN201
+    """`n` random unit vectors (float32 (n, d)), made in chunks (contrib `SyntheticDataset` style)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    xb = np.empty((n, d), np.float32)
+    for i in range(0, n, 1 << 18):
+        chunk = rng.standard_normal((min(1 << 18, n - i), d), dtype=np.float32)
+        xb[i : i + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return xb
+
+
+def random_model_dir(out: Path, seed: int = 0) -> Path:
+    """An untrained conv-ae model dir with 128-d codes (search speed does not depend on weights)."""
+    import torch
+
+    from encoder.model_dir import read_fingerprint, save_model_dir
+    from encoder.models import EncoderConfig, build_model, code_dim
+    from encoder.preprocess import Preprocess
+
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(arch="conv-ae", image_size=SYNTHETIC_IMAGE_SIZE)
+    model = build_model(cfg).eval()
+    config = {
+        "kind": "autoencoder",
+        "model": cfg.to_dict(),
+        "preprocess": Preprocess(image_size=SYNTHETIC_IMAGE_SIZE).to_dict(),
+        "code_dim": code_dim(model, SYNTHETIC_IMAGE_SIZE),
+        "training": {"note": "random weights, for benchmarks"},
+    }
+    save_model_dir(out, model.state_dict(), config)
+    assert read_fingerprint(out)
+    return out
+
+
+def synthetic_index_dir(n: int, d: int = 128, cache: Path = CACHE) -> Path:
+    """An index dir of `n` synthetic items and vectors, published as a real generation (cached).
+
+    Uses the indexer's own pieces: the migrated catalog, `faiss_index` build/add/write, the model
+    copy and `make_current`; only the items are bulk-inserted (the job's per-file ORM path would
+    take minutes for a million rows).
+    """
+    import numpy as np
+    from sqlalchemy import insert
+    from sqlalchemy.orm import Session
+
+    from encoder import load_encoder
+    from encoder.model_dir import copy_model_dir
+    from indexer import faiss_index
+    from indexer.db import Generation, Item, open_database, utcnow
+    from indexer.generations import generation_path, make_current
+    from indexer.job import MODELS_DIR
+
+    index_dir = cache / f"synthetic-{n}x{d}"
+    if (index_dir / "READY").exists():
+        return index_dir
+    if index_dir.exists():
+        shutil.rmtree(index_dir)
+    t = time.perf_counter()
+    model_dir = random_model_dir(cache / "model-conv32")
+    encoder = load_encoder(model_dir)
+    assert encoder.dim == d, f"the synthetic model has {encoder.dim}-d codes, not {d}"
+    labels = [f"class{i}" for i in range(10)]
+    index_dir.mkdir(parents=True)
+    engine = open_database(index_dir)
+    copy_model_dir(model_dir, index_dir / MODELS_DIR / encoder.fingerprint)
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        gen = Generation(
+            status="building", faiss_file="", item_count=0, ids_sha256="",
+            model_fingerprint=encoder.fingerprint, model_config=encoder.config, dim=d, metric="cosine",
+            index_type="flat", inventory_root=str(index_dir / "inventory"), parent_id=None, run_summary={},
+        )  # fmt: skip
+        session.add(gen)
+        session.flush()
+        for start in range(0, n, 100_000):
+            rows = [
+                dict(
+                    id=i,
+                    path=f"{labels[i % 10]}/item-{i:07d}.jpg",
+                    label=labels[i % 10],
+                    sha256="0" * 64,
+                    size=0,
+                    mtime_ns=0,
+                    width=400,
+                    height=533,
+                    added_generation=gen.id,
+                    deleted_generation=None,
+                    created_at=now,
+                    updated_at=now,
+                )  # fmt: skip
+                for i in range(start + 1, min(n, start + 100_000) + 1)
+            ]
+            session.execute(insert(Item), rows)
+        ids = np.arange(1, n + 1, dtype=np.int64)
+        index = faiss_index.build_index(d, "cosine", "flat")
+        faiss_index.add(index, ids, synthetic_vectors(n, d), "cosine")
+        gen.item_count = n
+        gen.ids_sha256 = faiss_index.ids_sha256(faiss_index.ids_of(index))
+        gen.faiss_file = f"generations/{gen.id:06d}.faiss"
+        path = generation_path(index_dir, gen.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        faiss_index.write_index_atomic(index, path)
+        make_current(session, gen)
+    engine.dispose()
+    (index_dir / "READY").write_text("ok\n")
+    print(f"built synthetic index {index_dir} in {time.perf_counter() - t:.0f} s")
+    return index_dir
+
+
+def query_jpeg(seed: int = 0) -> bytes:
+    """A small JPEG to query with."""
+    import io
+
+    import numpy as np
+
+    from imgrec.synthetic import CLASSES, draw_item
+
+    shape, color = list(CLASSES.values())[seed % len(CLASSES)]
+    buf = io.BytesIO()
+    draw_item(shape, color, np.random.default_rng(seed), 96).save(buf, "JPEG", quality=90)
+    return buf.getvalue()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -241,11 +241,7 @@ def open_snapshot(
                 engine.dispose()
                 raise IndexNotFoundError(f"no generation published in {index_dir} yet")
             gen = GenerationInfo.from_row(session.get(Generation, state.current_generation_id))
-            live_ids = None
-            if verify:
-                live_ids = np.asarray(
-                    session.scalars(select(Item.id).where(Item.deleted_generation.is_(None))).all(), np.int64
-                )
+            live_ids = live_item_ids(session) if verify else None
         try:
             index = faiss_index.read_index(index_dir / gen.faiss_file, mmap=mmap and gen.index_type == "flat")
         except RuntimeError:
@@ -259,21 +255,48 @@ def open_snapshot(
     raise AssertionError("unreachable")
 
 
+def live_item_ids(session: Session) -> np.ndarray:
+    """Ids of the catalog's live items, sorted (int64).
+
+    On SQLite, one aggregated string parsed by numpy: ~20x faster than a million row objects
+    (1M items: 0.5 s instead of 8 s; docs/readme/performance.md).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        joined = session.execute(
+            text(
+                "SELECT group_concat(id) FROM "
+                "(SELECT id FROM items WHERE deleted_generation IS NULL ORDER BY id)"
+            )
+        ).scalar()
+        ids = np.fromstring(joined, dtype=np.int64, sep=",") if joined else np.zeros(0, np.int64)
+    else:
+        ids = np.asarray(
+            session.scalars(select(Item.id).where(Item.deleted_generation.is_(None))).all(), np.int64
+        )
+    return _sorted(ids)  # never rely on group_concat's order
+
+
+def _sorted(a: np.ndarray) -> np.ndarray:
+    """`a` sorted (returned as is when it already is: the usual case, and an O(n) check)."""
+    return a if len(a) < 2 or bool(np.all(a[1:] >= a[:-1])) else np.sort(a)
+
+
 def check_consistency(index: faiss.Index, gen: GenerationInfo, live_ids: np.ndarray | None) -> None:
     """FAISS count and ids must match the generation record and the catalog's live items.
 
     :raise InconsistentIndexError: they do not.
     """
-    ids = faiss_index.ids_of(index)
+    ids = _sorted(faiss_index.ids_of(index))  # sorted once: the comparison is O(n)
     problems = []
     if index.ntotal != gen.item_count:
         problems.append(f"FAISS holds {index.ntotal} vectors, the catalog records {gen.item_count}")
     if faiss_index.ids_sha256(ids) != gen.ids_sha256:
         problems.append("FAISS ids differ from the ids recorded for this generation")
     if live_ids is not None:
-        missing = np.setdiff1d(live_ids, ids)
-        extra = np.setdiff1d(ids, live_ids)
-        if len(missing) or len(extra):
+        live_ids = _sorted(np.asarray(live_ids, np.int64))
+        if not np.array_equal(live_ids, ids):
+            missing = np.setdiff1d(live_ids, ids)
+            extra = np.setdiff1d(ids, live_ids)
             problems.append(
                 f"{len(missing)} catalog items not in FAISS, {len(extra)} FAISS ids not live in the catalog"
             )

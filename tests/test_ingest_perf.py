@@ -154,3 +154,26 @@ def test_pipeline_vectors_match_under_run_index(setup, tmp_path: Path) -> None:
     want = want_vectors / np.linalg.norm(want_vectors, axis=1, keepdims=True)  # cosine index
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     snap.close()
+
+
+def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
+    """The fast live-id read equals the ORM query; a mismatch is still reported with counts."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from indexer import InconsistentIndexError, open_snapshot, run_index
+    from indexer.db import Item
+    from indexer.store import check_consistency, live_item_ids
+
+    files, _ = setup
+    make_model_dir(tmp_path / "model")
+    run_index(Path(files[0].abs_path).parents[1], tmp_path / "model", tmp_path / "index")
+    snap = open_snapshot(tmp_path / "index")
+    with Session(snap.engine) as session:
+        want = sorted(session.scalars(select(Item.id).where(Item.deleted_generation.is_(None))))
+        got = live_item_ids(session)
+    assert got.dtype == np.int64 and got.tolist() == want
+    check_consistency(snap.index, snap.generation, got[::-1].copy())  # any order
+    with pytest.raises(InconsistentIndexError, match="1 catalog items not in FAISS, 2 FAISS ids not live"):
+        check_consistency(snap.index, snap.generation, np.append(got[2:], 10_000))
+    snap.close()
