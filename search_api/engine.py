@@ -105,7 +105,7 @@ class SearchEngine:
         self._lock = threading.Lock()  # guards _held and the users counts
         self._reload_lock = threading.Lock()  # one reload at a time
         self._failed: tuple[int, float, str] | None = None  # (generation, when, why)
-        self._not_ready = "not started"
+        self._not_ready = "no index loaded yet"  # for clients: no server paths in it
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -130,7 +130,7 @@ class SearchEngine:
                 held.retired = True
                 if held.users == 0:
                     held.snapshot.close()
-        self._not_ready = "closed"
+        self._not_ready = "no index loaded: the server is shutting down"
 
     def _poll(self) -> None:
         while not self._stop.wait(self.reload_interval):
@@ -147,7 +147,7 @@ class SearchEngine:
             wanted = current_generation_id(self.index_dir)
             if wanted is None:
                 if self._held is None:
-                    self._not_ready = f"no index published in {self.index_dir} yet"
+                    self._not_ready = "no index published yet"
                 return False
             if self._held is not None and self._held.snapshot.generation.id == wanted:
                 return False
@@ -163,7 +163,9 @@ class SearchEngine:
                 self._failed = (wanted, time.monotonic(), f"{type(e).__name__}: {e}")
                 logger.error("cannot serve generation %s of %s: %s", wanted, self.index_dir, e)
                 if self._held is None:
-                    self._not_ready = f"the index in {self.index_dir} cannot be served: {e}"
+                    self._not_ready = (
+                        f"no index loaded: the published one cannot be served ({type(e).__name__})"
+                    )
                 return False
             self._failed = None
             self._swap(snap)

@@ -65,7 +65,6 @@ def stats() -> dict:
             "eval_figures": gen.eval_figures,
             "labels": snap.labels(),
             "engine": {
-                "index_dir": str(eng.index_dir),
                 "loaded_at": status.loaded_at.isoformat() if status.loaded_at else None,
                 "reloads": status.reloads,
                 "reload_error": status.reload_error,

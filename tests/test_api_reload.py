@@ -120,3 +120,41 @@ def test_a_request_keeps_its_snapshot_across_a_swap(fresh_index, catalog):
         assert eng.status().generation_id == new.generation.id
     finally:
         eng.close()
+
+
+def corrupt_current_faiss(index_dir) -> None:
+    """Replace the current generation's FAISS file by an empty index: FAISS and catalog now disagree."""
+    import faiss
+
+    from indexer import open_snapshot
+
+    snap = open_snapshot(index_dir, verify=False)
+    path, dim = index_dir / snap.generation.faiss_file, snap.generation.dim
+    snap.close()
+    faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), str(path))
+
+
+def test_an_inconsistent_index_is_not_served(make_app, serve, fresh_index, catalog):
+    corrupt_current_faiss(fresh_index.index)
+    app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0)
+    with Api(serve(app)) as api:
+        r = api.get("/readyz")
+        assert r.status_code == 503 and "InconsistentIndexError" in r.json()["message"]
+        assert api.post("/v1/search", files={"image": catalog.query_bytes()}).status_code == 503
+        assert api.get("/healthz").status_code == 200
+
+
+def test_an_inconsistent_new_generation_keeps_the_old_one_serving(make_app, serve, fresh_index, catalog):
+    app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0)
+    eng = app.extensions["imgrec"]
+    with Api(serve(app)) as api:
+        first = api.get("/readyz").json()["index"]["generation"]
+        add_images(catalog, fresh_index.inventory)
+        build_index(fresh_index.inventory, catalog.model, fresh_index.index)
+        corrupt_current_faiss(fresh_index.index)
+        assert not eng.reload()
+        ready = api.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["index"]["generation"] == first
+        assert "inconsistent" in ready.json()["reload_error"]
+        body = api.post("/v1/search", files={"image": catalog.query_bytes()}).json()
+        assert body["index"]["generation"] == first
