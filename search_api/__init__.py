@@ -26,8 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "MMAP": True,  # memory-map flat FAISS files (workers share one copy)
     "VERIFY": True,  # check FAISS against the catalog before serving a generation
     "THUMBNAIL_SIZE": 128,  # px, longest side
-    "NOVELTY": True,
-    "COMPUTE_THREADS": 1,  # torch/FAISS threads per process (0: library defaults); scale with workers  # report the query's novelty percentile when the model offers it
+    "NOVELTY": True,  # report the query's novelty percentile when the model offers it
+    "COMPUTE_THREADS": 1,  # torch/FAISS threads per process (0: library defaults); scale with workers
 }
 
 
