@@ -247,7 +247,16 @@ class _Publisher:
             self.summary.problems.append((d.file.rel_path, d.reason or d.outcome))
 
     def publish(self) -> int:
-        """Write everything staged as a new current generation; returns its id."""
+        """Write everything staged as a new current generation; returns its id.
+
+        Ledger-only changes (a file touched, skipped, failed again, or gone) are recorded without
+        a new generation: readers would see nothing new.
+        """
+        if self.index is not None and not self.embedded and not self.delete_ids:
+            with Session(self.engine) as session, session.begin():
+                self._apply_ledger(session, self.parent_id, [])
+            self.ledger_only = []
+            return self.parent_id
         xb = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.encoder.dim), np.float32)
         with Session(self.engine) as session, session.begin():
             gen = Generation(
