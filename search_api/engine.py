@@ -18,13 +18,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 from flask import Flask
 
 from indexer import Hit, Snapshot, current_generation_id, open_snapshot
+from indexer.ann import search_params
 from search_api.batching import Batcher
 from search_api.errors import NotReadyError
 
@@ -41,6 +43,8 @@ class Query:
     pixels: np.ndarray
     k: int
     label: str | None = None
+    nprobe: int | None = None  # ivf indexes: lists probed (None: the index's default)
+    ef_search: int | None = None  # hnsw indexes: search breadth (None: the index's default)
 
     @property
     def shape(self) -> tuple[int, ...]:  # lets the batcher count images
@@ -90,12 +94,14 @@ class SearchEngine:
         batch_window_ms: float = 2.0,
         max_batch: int = 32,
         novelty: bool = True,
+        compute_threads: int = 0,
     ):
         self.index_dir = Path(index_dir)
         self.mmap = mmap
         self.verify = verify
         self.reload_interval = reload_interval
         self.novelty = novelty
+        self.compute_threads = compute_threads
         self.batcher: Batcher[Query, list[Answer]] = Batcher(
             self._process, window_ms=batch_window_ms, max_batch=max_batch
         )
@@ -239,12 +245,46 @@ class SearchEngine:
             },
         )
 
-    def search(self, snap: Snapshot, pixels: np.ndarray, k: int, label: str | None = None) -> list[Answer]:
+    def search(
+        self,
+        snap: Snapshot,
+        pixels: np.ndarray,
+        k: int,
+        label: str | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> list[Answer]:
         """Search uint8 images (n, S, S, 3) in `snap`, batched with concurrent requests."""
-        return self.batcher.submit(Query(snap, pixels, k, label))
+        return self.batcher.submit(Query(snap, pixels, k, label, nprobe, ef_search))
+
+    def similar(
+        self,
+        snap: Snapshot,
+        item_id: int,
+        k: int,
+        label: str | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[list[Hit], float, float]:
+        """Items most like a stored item (its vector as indexed; the item left out), lookup and search ms."""
+        self._pin_threads()
+        t0 = time.perf_counter()
+        xq = snap.vector(item_id)[None]  # (1, dim)
+        t1 = time.perf_counter()
+        params = search_params(snap.generation.index_type, nprobe=nprobe, ef_search=ef_search)
+        (hits,) = snap.search_vectors(xq, k + 1, label, params=params)
+        others = (h for h in hits if h.id != item_id)
+        hits = [replace(h, rank=rank) for rank, h in enumerate(others, 1)][:k]
+        return hits, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+
+    def _pin_threads(self) -> None:
+        """FAISS's OpenMP thread count is per calling thread: set it in the thread that searches."""
+        if self.compute_threads > 0:
+            faiss.omp_set_num_threads(self.compute_threads)
 
     def _process(self, queries: list[Query]) -> list[list[Answer]]:
-        """One batch: one forward per snapshot, one FAISS call per (snapshot, label)."""
+        """One batch: one forward per snapshot, one FAISS call per (snapshot, label, search knobs)."""
+        self._pin_threads()
         out: dict[int, list[Answer]] = {}
         by_snapshot: dict[int, list[int]] = {}
         for n, q in enumerate(queries):
@@ -252,24 +292,24 @@ class SearchEngine:
         for members in by_snapshot.values():
             snap = queries[members[0]].snapshot
             group = [queries[n] for n in members]
-            size = sum(len(q.pixels) for q in group)
+            starts = np.cumsum([0] + [len(q.pixels) for q in group])
             t0 = time.perf_counter()
             enc = snap.encoder
             batch = enc.preprocess.normalize(np.concatenate([q.pixels for q in group]))  # (B, 3, S, S)
             xq = enc.embed(batch)  # (B, dim)
             novelty = self._novelty(enc, batch)
             t1 = time.perf_counter()
-            hits: list[list[Hit] | None] = [None] * size
-            starts = np.cumsum([0] + [len(q.pixels) for q in group])
-            by_label: dict[str | None, list[int]] = {}
+            hits: list[list[Hit]] = [[] for _ in range(len(xq))]
+            calls: dict[tuple, list[int]] = {}  # (label, nprobe, ef_search) -> members of `group`
             for i, q in enumerate(group):
-                by_label.setdefault(q.label, []).extend(range(starts[i], starts[i + 1]))
-            for label, rows in by_label.items():
-                k = max(group[i].k for i in range(len(group)) if group[i].label == label)
-                for row, row_hits in zip(rows, snap.search_vectors(xq[rows], k, label), strict=True):
+                calls.setdefault((q.label, q.nprobe, q.ef_search), []).append(i)
+            for (label, nprobe, ef_search), idx in calls.items():
+                rows = [row for i in idx for row in range(starts[i], starts[i + 1])]
+                params = search_params(snap.generation.index_type, nprobe=nprobe, ef_search=ef_search)
+                k = max(group[i].k for i in idx)
+                for row, row_hits in zip(rows, snap.search_vectors(xq[rows], k, label, params), strict=True):
                     hits[row] = row_hits
-            t2 = time.perf_counter()
-            embed_ms, search_ms = (t1 - t0) * 1000, (t2 - t1) * 1000
+            embed_ms, search_ms = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
             for i, (n, q) in enumerate(zip(members, group, strict=True)):
                 out[n] = [
                     Answer(
@@ -277,7 +317,7 @@ class SearchEngine:
                         None if novelty is None else float(novelty[row]),
                         embed_ms,
                         search_ms,
-                        size,
+                        len(xq),
                     )
                     for row in range(starts[i], starts[i + 1])
                 ]
@@ -293,14 +333,16 @@ class SearchEngine:
 
 
 def set_compute_threads(n: int) -> None:
-    """Threads torch and FAISS use per call (process-wide); 0 keeps the libraries' defaults.
+    """Threads torch and FAISS use per call; 0 keeps the libraries' defaults.
+
+    torch's setting is process-wide; FAISS's (OpenMP) is per thread, so the engine sets it again
+    in every thread that searches (`SearchEngine._pin_threads`).
 
     Queries are small batches: one thread each is fastest, and several OpenMP threads per call
     only spin against each other (and against other workers) on a shared machine.
     """
     if n <= 0:
         return
-    import faiss
     import torch
 
     torch.set_num_threads(n)
@@ -319,12 +361,21 @@ def init_app(app: Flask) -> None:
         batch_window_ms=float(cfg["BATCH_WINDOW_MS"]),
         max_batch=int(cfg["MAX_BATCH"]),
         novelty=bool(cfg["NOVELTY"]),
+        compute_threads=int(cfg["COMPUTE_THREADS"]),
     )
     app.extensions["imgrec"] = eng
     metrics = app.extensions.get("imgrec.metrics")
     if metrics is not None:
         eng.on_swap.append(metrics.index_swapped)
     eng.start()
+
+
+def check_knobs(snap: Snapshot, nprobe: int | None, ef_search: int | None) -> None:
+    """Search knobs must fit the index type being served.
+
+    :raise ValueError: e.g. `nprobe` on an hnsw or flat index.
+    """
+    search_params(snap.generation.index_type, nprobe=nprobe, ef_search=ef_search)
 
 
 def get_engine() -> SearchEngine:

@@ -29,6 +29,16 @@ class SearchArgs(Schema):
         metadata={"description": "Results wanted (default 10)."},
     )
     label = String(load_default=None, metadata={"description": "Only items with this label."})
+    nprobe = Integer(
+        load_default=None,
+        validate=Range(min=1),
+        metadata={"description": "ivf indexes only: inverted lists probed (more: slower, better recall)."},
+    )
+    ef_search = Integer(
+        load_default=None,
+        validate=Range(min=1),
+        metadata={"description": "hnsw indexes only: search breadth (more: slower, better recall)."},
+    )
 
 
 class ImageUpload(Schema):

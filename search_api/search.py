@@ -11,7 +11,7 @@ from flask import current_app, request
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError, load_image
 from indexer import Snapshot
 from search_api import answers
-from search_api.engine import Answer, get_engine
+from search_api.engine import Answer, check_knobs, get_engine
 from search_api.errors import error_slug
 from search_api.schemas import BatchAnswer, BatchUpload, ImageUpload, SearchAnswer, SearchArgs
 
@@ -37,9 +37,10 @@ def search(args: dict, upload: object) -> dict:
     t0 = time.perf_counter()
     data, filename = read_image()
     with get_engine().snapshot() as snap:
+        check_search_args(snap, args)
         pixels, query = decode(data, filename, snap)
         decoded = time.perf_counter()
-        (answer,) = get_engine().search(snap, pixels[None], args["k"], args["label"])
+        (answer,) = get_engine().search(snap, pixels[None], **search_kwargs(args))
         return {
             **common(snap, args),
             "query": query,
@@ -63,6 +64,7 @@ def search_batch(args: dict, upload: object) -> dict:
     if len(files) > limit:
         abort(400, f"{len(files)} images in one batch; at most {limit}")
     with get_engine().snapshot() as snap:
+        check_search_args(snap, args)
         entries: list[dict] = []
         good: list[tuple[dict, np.ndarray, float]] = []
         for f in files:
@@ -86,7 +88,7 @@ def search_batch(args: dict, upload: object) -> dict:
             entries.append(entry)
             good.append((entry, pixels, (time.perf_counter() - t) * 1000))
         if good:
-            results = get_engine().search(snap, np.stack([p for _, p, _ in good]), args["k"], args["label"])
+            results = get_engine().search(snap, np.stack([p for _, p, _ in good]), **search_kwargs(args))
             for (entry, _, decode_ms), answer in zip(good, results, strict=True):
                 entry.update(answer_body(answer, decode_ms, t0))
         return {**common(snap, args), "answers": entries, "total_ms": (time.perf_counter() - t0) * 1000}
@@ -121,6 +123,21 @@ def read_image() -> tuple[bytes, str | None]:
     if not data:
         abort(400, "the image is empty")
     return data, filename
+
+
+def check_search_args(snap: Snapshot, args: dict) -> None:
+    """Search knobs must fit the index being served.
+
+    :raise 400: e.g. `nprobe` on a flat index.
+    """
+    try:
+        check_knobs(snap, args["nprobe"], args["ef_search"])
+    except ValueError as e:
+        abort(400, str(e))
+
+
+def search_kwargs(args: dict) -> dict:
+    return {key: args[key] for key in ("k", "label", "nprobe", "ef_search")}
 
 
 def decode(data: bytes, filename: str | None, snap: Snapshot) -> tuple[np.ndarray, dict]:

@@ -400,3 +400,32 @@ def test_serve_command_help():
 
     result = CliRunner().invoke(cli, ["serve", "--help"])
     assert result.exit_code == 0 and "--index" in result.output and "--port" in result.output
+
+
+# --- approximate indexes: per-request search knobs -----------------------------------------
+
+
+def test_search_knobs_must_fit_the_index_type(api, catalog):
+    image = {"image": catalog.query_bytes()}
+    body = assert_error(api.post("/v1/search", params={"nprobe": 4}, files=image), 400)
+    assert "flat index is exact" in body["message"]
+    assert_error(api.post("/v1/search", params={"ef_search": 0}, files=image), 400)
+    assert_error(api.get("/v1/items/1/similar", params={"ef_search": 16}), 400)
+
+
+def test_ivf_index_takes_nprobe(make_app, serve, catalog, tmp_path):
+    from indexer import IndexOptions, run_index
+    from tests.conftest import Api
+
+    run_index(catalog.inventory, catalog.model, tmp_path / "ivf", IndexOptions(index_type="ivf"))
+    app = make_app(INDEX=str(tmp_path / "ivf"), RELOAD_INTERVAL=0)
+    with Api(serve(app)) as api:
+        assert api.get("/v1/stats").json()["index_type"] == "ivf"
+        image = {"image": catalog.query_bytes()}
+        plain = api.post("/v1/search", params={"k": 5}, files=image).json()
+        probed = api.post("/v1/search", params={"k": 5, "nprobe": 8}, files=image).json()
+        assert len(plain["results"]) == len(probed["results"]) == 5
+        similar = api.get("/v1/items/3/similar", params={"k": 4, "nprobe": 8})
+        assert similar.status_code == 200 and len(similar.json()["results"]) == 4
+        body = assert_error(api.post("/v1/search", params={"ef_search": 8}, files=image), 400)
+        assert "nprobe" in body["message"]
