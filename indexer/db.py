@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, MetaData, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -135,6 +137,18 @@ def make_engine(url: str) -> Engine:
         cur.close()
 
     return engine
+
+
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Session]:
+    """A session whose reads all see one committed state: one SQLite read transaction.
+
+    pysqlite begins a transaction only before a write, so without the explicit BEGIN every SELECT
+    would see the newest commit, and two SELECTs could see two different generations.
+    """
+    with Session(engine) as session:
+        session.connection().exec_driver_sql("BEGIN")
+        yield session  # closing the session rolls the read transaction back
 
 
 def open_database(index_dir: str | Path, *, migrate: bool = True) -> Engine:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from indexer.db import Generation, LedgerEntry, open_database
+from indexer.db import Generation, LedgerEntry, open_database, read_snapshot
 from indexer.generations import current_generation
 from indexer.store import IndexNotFoundError, has_catalog
 
@@ -21,7 +20,7 @@ def ledger_report(index_dir: str | Path, limit: int = 50) -> dict:
         raise IndexNotFoundError(f"no index in {index_dir}")
     engine = open_database(index_dir, migrate=False)
     try:
-        with Session(engine) as session, session.begin():  # one read transaction: one consistent view
+        with read_snapshot(engine) as session:  # one consistent view
             states = dict(
                 session.execute(select(LedgerEntry.state, func.count()).group_by(LedgerEntry.state)).all()
             )

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from encoder import Encoder, load_encoder
 from indexer import faiss_index
-from indexer.db import DATABASE_FILE, Generation, IndexState, Item, make_engine
+from indexer.db import DATABASE_FILE, Generation, IndexState, Item, make_engine, read_snapshot
 from indexer.db import database_url as _database_url
 from indexer.migrate import current_revision, head_revision
 
@@ -235,7 +235,7 @@ def open_snapshot(
         raise IndexNotFoundError(f"{index_dir}: catalog schema is not up to date (run `imgrec index` once)")
     engine = make_engine(url)
     for attempt in range(retries):
-        with Session(engine) as session, session.begin():  # one read transaction = one snapshot
+        with read_snapshot(engine) as session:  # one read transaction = one snapshot
             state = session.get(IndexState, 1)
             if state is None or state.current_generation_id is None:
                 engine.dispose()
