@@ -271,7 +271,7 @@ class SearchEngine:
         t0 = time.perf_counter()
         xq = snap.vector(item_id)[None]  # (1, dim)
         t1 = time.perf_counter()
-        params = search_params(snap.generation.index_type, nprobe=nprobe, ef_search=ef_search)
+        params = knobs(snap.generation.index_type, nprobe, ef_search)
         (hits,) = snap.search_vectors(xq, k + 1, label, params=params)
         others = (h for h in hits if h.id != item_id)
         hits = [replace(h, rank=rank) for rank, h in enumerate(others, 1)][:k]
@@ -305,7 +305,7 @@ class SearchEngine:
                 calls.setdefault((q.label, q.nprobe, q.ef_search), []).append(i)
             for (label, nprobe, ef_search), idx in calls.items():
                 rows = [row for i in idx for row in range(starts[i], starts[i + 1])]
-                params = search_params(snap.generation.index_type, nprobe=nprobe, ef_search=ef_search)
+                params = knobs(snap.generation.index_type, nprobe, ef_search)
                 k = max(group[i].k for i in idx)
                 for row, row_hits in zip(rows, snap.search_vectors(xq[rows], k, label, params), strict=True):
                     hits[row] = row_hits
@@ -370,12 +370,17 @@ def init_app(app: Flask) -> None:
     eng.start()
 
 
-def check_knobs(snap: Snapshot, nprobe: int | None, ef_search: int | None) -> None:
-    """Search knobs must fit the index type being served.
+def knobs(index_type: str, nprobe: int | None, ef_search: int | None):
+    """FAISS search parameters for the knobs that apply to `index_type`; the others are ignored.
 
-    :raise ValueError: e.g. `nprobe` on an hnsw or flat index.
+    A client's `nprobe` keeps working when the index is rebuilt as hnsw or flat (hot reload may
+    change the type under it); `index.index_type` in every answer says which knob applied.
     """
-    search_params(snap.generation.index_type, nprobe=nprobe, ef_search=ef_search)
+    nprobe = nprobe if index_type == "ivf" else None
+    ef_search = ef_search if index_type == "hnsw" else None
+    if nprobe is None and ef_search is None:
+        return None
+    return search_params(index_type, nprobe=nprobe, ef_search=ef_search)
 
 
 def get_engine() -> SearchEngine:

@@ -17,7 +17,7 @@ from indexer import ItemInfo, Snapshot
 from search_api import answers
 from search_api.engine import get_engine
 from search_api.schemas import Item, SearchArgs, SimilarAnswer
-from search_api.search import check_search_args, search_kwargs
+from search_api.search import search_kwargs
 
 bp = APIBlueprint("items", __name__, url_prefix="/v1/items", tag="Items")
 
@@ -115,7 +115,6 @@ def get_similar(item_id: int, args: dict) -> dict:
     t0 = time.perf_counter()
     with get_engine().snapshot() as snap:
         info = get_item_or_404(snap, item_id)
-        check_search_args(snap, args)
         hits, lookup_ms, search_ms = get_engine().similar(snap, item_id, **search_kwargs(args))
         gen = snap.generation
         return {

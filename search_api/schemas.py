@@ -32,12 +32,16 @@ class SearchArgs(Schema):
     nprobe = Integer(
         load_default=None,
         validate=Range(min=1),
-        metadata={"description": "ivf indexes only: inverted lists probed (more: slower, better recall)."},
+        metadata={
+            "description": "ivf indexes: inverted lists probed (more: slower, better recall); ignored by other types."
+        },
     )
     ef_search = Integer(
         load_default=None,
         validate=Range(min=1),
-        metadata={"description": "hnsw indexes only: search breadth (more: slower, better recall)."},
+        metadata={
+            "description": "hnsw indexes: search breadth (more: slower, better recall); ignored by other types."
+        },
     )
 
 

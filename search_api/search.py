@@ -11,7 +11,7 @@ from flask import current_app, request
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError, load_image
 from indexer import Snapshot
 from search_api import answers
-from search_api.engine import Answer, check_knobs, get_engine
+from search_api.engine import Answer, get_engine
 from search_api.errors import error_slug
 from search_api.schemas import BatchAnswer, BatchUpload, ImageUpload, SearchAnswer, SearchArgs
 
@@ -37,7 +37,6 @@ def search(args: dict, upload: object) -> dict:
     t0 = time.perf_counter()
     data, filename = read_image()
     with get_engine().snapshot() as snap:
-        check_search_args(snap, args)
         pixels, query = decode(data, filename, snap)
         decoded = time.perf_counter()
         (answer,) = get_engine().search(snap, pixels[None], **search_kwargs(args))
@@ -64,7 +63,6 @@ def search_batch(args: dict, upload: object) -> dict:
     if len(files) > limit:
         abort(400, f"{len(files)} images in one batch; at most {limit}")
     with get_engine().snapshot() as snap:
-        check_search_args(snap, args)
         entries: list[dict] = []
         good: list[tuple[dict, np.ndarray, float]] = []
         for f in files:
@@ -123,17 +121,6 @@ def read_image() -> tuple[bytes, str | None]:
     if not data:
         abort(400, "the image is empty")
     return data, filename
-
-
-def check_search_args(snap: Snapshot, args: dict) -> None:
-    """Search knobs must fit the index being served.
-
-    :raise 400: e.g. `nprobe` on a flat index.
-    """
-    try:
-        check_knobs(snap, args["nprobe"], args["ef_search"])
-    except ValueError as e:
-        abort(400, str(e))
 
 
 def search_kwargs(args: dict) -> dict:
