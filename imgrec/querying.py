@@ -75,7 +75,7 @@ def answer_queries(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for n, (a, im) in enumerate(zip(ok, images, strict=True), 1):
             path = Path(out_dir) / f"{n:03d}-{Path(a.query).stem}.png"
-            save_result_grid(path, im, a.hits, snap)
+            save_result_grid(path, im, a.hits, snap, query_caption=f"query: {Path(a.query).name}")
             a.grid_path = str(path)
     return answers
 
