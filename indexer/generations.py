@@ -161,8 +161,8 @@ def rollback(index_dir: str | Path, engine: Engine) -> GenerationInfo:
         if not (Path(index_dir) / target.faiss_file).is_file():
             raise RollbackError(f"the file of generation {target.id} ({target.faiss_file}) is missing")
         _undo_changes(session, cur, target)
-        cur.status = "rolled_back"
-        make_current(session, target)
+        make_current(session, target)  # marks `cur` kept ...
+        cur.status = "rolled_back"  # ... but it is undone: never a rollback target, its file an orphan
         session.flush()
         return GenerationInfo.from_row(target)
 
