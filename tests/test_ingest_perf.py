@@ -177,3 +177,19 @@ def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
     with pytest.raises(InconsistentIndexError, match="1 catalog items not in FAISS, 2 FAISS ids not live"):
         check_consistency(snap.index, snap.generation, np.append(got[2:], 10_000))
     snap.close()
+
+
+def test_batched_flat_search_matches_one_query_at_a_time() -> None:
+    """Batches of >= BLAS_MIN_QUERIES take faiss's BLAS path: same neighbours as single queries."""
+    from indexer import faiss_index
+
+    rng = np.random.default_rng(0)
+    xb, xq = rng.standard_normal((5000, 32), np.float32), rng.standard_normal((16, 32), np.float32)
+    for metric in ("cosine", "l2"):
+        index = faiss_index.build_index(32, metric)
+        faiss_index.add(index, np.arange(100, 5100), xb, metric)
+        D, I = faiss_index.search(index, xq, 10, metric)  # noqa: E741
+        for i in range(len(xq)):
+            d1, i1 = faiss_index.search(index, xq[i : i + 1], 10, metric)
+            assert I[i].tolist() == i1[0].tolist()
+            np.testing.assert_allclose(D[i], d1[0], rtol=1e-4, atol=1e-4)
