@@ -431,3 +431,61 @@ def test_ivf_index_takes_nprobe(make_app, serve, catalog, tmp_path):
         similar = api.get("/v1/items/3/similar", params={"k": 4, "nprobe": 8})
         assert similar.status_code == 200 and len(similar.json()["results"]) == 4
         assert api.post("/v1/search", params={"ef_search": 8}, files=image).status_code == 200
+
+
+# --- production server -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gunicorn_serves_the_app_with_its_settings(catalog, tmp_path):
+    """gunicorn + gunicorn_conf (2 gthread workers, no preload); /metrics adds up both workers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    port = free_port()
+    (tmp_path / "prom").mkdir()
+    env = {
+        **os.environ,
+        "IMGREC_INDEX": str(catalog.index),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "python:search_api.gunicorn_conf", "--workers", "2",
+           "--bind", f"127.0.0.1:{port}", "--access-logfile", "-", "search_api:create_app()"]  # fmt: skip
+    log = (tmp_path / "gunicorn.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()[-3000:]
+            try:
+                if requests.get(base + "/readyz", timeout=10).status_code == 200:
+                    break
+            except requests.RequestException:  # refused, or accepted while the workers still load
+                pass
+            assert time.monotonic() < deadline, "gunicorn never became ready"
+            time.sleep(0.2)
+        with requests.Session() as s:
+            for _ in range(12):  # new connections: spread over both workers
+                r = requests.post(base + "/v1/search", files={"image": catalog.query_bytes()}, timeout=30)
+                assert r.status_code == 200
+            assert_error(s.post(base + "/v1/search", files={"image": ("x.txt", b"text")}), 415)
+            text = s.get(base + "/metrics").text
+        assert 'imgrec_http_requests_total{endpoint="/v1/search",method="POST",status="200"} 12.0' in text
+        assert "imgrec_index_items 48.0" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
