@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
 ROLLBACK_FIELDS = ("sha256", "size", "mtime_ns", "width", "height")
+LEDGER_COLUMNS = (
+    LedgerEntry.path,
+    LedgerEntry.state,
+    LedgerEntry.reason,
+    LedgerEntry.size,
+    LedgerEntry.mtime_ns,
+)
 Embedder = Callable[..., Iterator[EmbeddedBatch]]
 
 
@@ -110,11 +117,10 @@ def run_index(
         with Session(engine) as session:
             cur = current_generation(session)
             metric, index_type = _settings(cur, encoder, opts)
-            ledger = {e.path: e for e in session.scalars(select(LedgerEntry))}
-            items = {
-                i.path: i for i in session.scalars(select(Item).where(Item.deleted_generation.is_(None)))
-            }
-            session.expunge_all()
+            # plain rows, not ORM objects: a no-change run over many files is dominated by this
+            ledger = {e.path: e for e in session.execute(select(*LEDGER_COLUMNS))}
+            live = select(Item.id, Item.path, Item.sha256).where(Item.deleted_generation.is_(None))
+            items = {i.path: i for i in session.execute(live)}
             base_file = index_dir / cur.faiss_file if cur is not None else None
             parent_id = cur.id if cur is not None else None
         scanned = list(scan_inventory(inventory))

@@ -34,7 +34,10 @@ def make_plan(
     items: dict[str, Item],
     full: bool = False,
 ) -> Plan:
-    """Decide each file's fate. `items` maps path -> live item; `ledger` maps path -> entry."""
+    """Decide each file's fate. `items` maps path -> live item; `ledger` maps path -> entry.
+
+    Rows or ORM objects will do: entries need path, state, reason, size, mtime_ns; items id, sha256.
+    """
     plan = Plan()
     seen: set[str] = set()
     for f in scanned:

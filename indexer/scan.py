@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from encoder import is_image_name
+from encoder import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,35 @@ def scan_inventory(root: str | Path) -> Iterator[ScannedFile]:
     root = os.path.realpath(root)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"inventory folder not found: {root}")
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None):
-        dirnames.sort()
-        for name in sorted(filenames):
-            yield _scan_one(root, dirpath, name)
+    yield from _scan_folder(root, root)
 
 
-def _scan_one(root: str, dirpath: str, name: str) -> ScannedFile:
-    abs_path = os.path.join(dirpath, name)
-    rel = os.path.relpath(abs_path, root).replace(os.sep, "/")
-    label = os.path.basename(dirpath)
+def _scan_folder(root: str, folder: str) -> Iterator[ScannedFile]:
+    """The files of `folder`, then those of its subfolders; one `stat` per file, none per folder."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return  # an unreadable folder: its files cannot be listed (os.walk skips it the same way)
+    subfolders = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:  # e.g. a symlink loop: a file that cannot be stat'ed
+            is_dir = False
+        if is_dir:
+            if not entry.is_symlink():
+                subfolders.append(entry.path)
+            continue
+        yield _scan_one(root, folder, entry)
+    for sub in subfolders:
+        yield from _scan_folder(root, sub)
+
+
+def _scan_one(root: str, folder: str, entry: os.DirEntry) -> ScannedFile:
+    name, abs_path = entry.name, entry.path
+    rel = abs_path[len(root) + 1 :]  # folders are real (symlinked ones are not entered)
+    label = os.path.basename(folder)
     try:
         rel.encode("utf-8")
         label.encode("utf-8")
@@ -54,15 +73,14 @@ def _scan_one(root: str, dirpath: str, name: str) -> ScannedFile:
         return ScannedFile(
             display_name(rel), abs_path, display_name(label), reason="file name is not valid UTF-8"
         )
-    if not is_image_name(name):
+    if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
         return ScannedFile(rel, abs_path, label, reason="not an image file extension")
     try:
-        st = os.stat(abs_path)  # follows symlinks
+        st = entry.stat()  # follows symlinks
     except OSError as e:
         return ScannedFile(rel, abs_path, label, reason=f"cannot stat: {e.strerror or e}")
     if not stat.S_ISREG(st.st_mode):
         return ScannedFile(rel, abs_path, label, reason="not a regular file")
-    real = os.path.realpath(abs_path)
-    if os.path.commonpath([real, root]) != root:
+    if entry.is_symlink() and os.path.commonpath([os.path.realpath(abs_path), root]) != root:
         return ScannedFile(rel, abs_path, label, reason="symlink points outside the inventory")
     return ScannedFile(rel, abs_path, label, size=st.st_size, mtime_ns=st.st_mtime_ns)
