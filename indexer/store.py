@@ -25,6 +25,8 @@ from indexer.db import DATABASE_FILE, Generation, IndexState, Item, make_engine,
 from indexer.db import database_url as _database_url
 from indexer.migrate import current_revision, head_revision
 
+ITEM_CACHE_SIZE = 100_000  # catalog records kept per snapshot
+
 
 class IndexNotFoundError(FileNotFoundError):
     """No published index in the folder (yet)."""
@@ -98,6 +100,7 @@ class Snapshot:
     index: faiss.Index
     _encoder: Encoder | None = None
     _labels: dict[str, np.ndarray] = field(default_factory=dict)
+    _item_cache: dict[int, ItemInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -140,10 +143,16 @@ class Snapshot:
         return self.search_vectors(self.encoder.embed(batch), k, label)
 
     def items(self, ids: list[int]) -> dict[int, ItemInfo]:
-        if not ids:
-            return {}
-        with Session(self.engine) as session:
-            return {r.id: ItemInfo.from_row(r) for r in session.scalars(select(Item).where(Item.id.in_(ids)))}
+        """Catalog records of `ids` (cached per snapshot: hits repeat, the catalog is the slow part)."""
+        cache = self._item_cache
+        missing = [i for i in ids if i not in cache]
+        if missing:
+            with Session(self.engine) as session:
+                rows = session.scalars(select(Item).where(Item.id.in_(missing))).all()
+            if len(cache) + len(rows) > ITEM_CACHE_SIZE:
+                cache.clear()
+            cache.update((r.id, ItemInfo.from_row(r)) for r in rows)
+        return {i: cache[i] for i in ids if i in cache}
 
     def item(self, item_id: int) -> ItemInfo | None:
         """An item of this generation, or None (unknown, or not in this generation)."""
