@@ -18,7 +18,7 @@ class EncoderConfig:
     image_size: int = 64  # square input side, pixels
     code_dim: int = 128  # simple-ae: code size; conv-ae: derived from filters and image size
     filters: tuple[int, ...] = field(default=(16, 8, 8))  # conv-ae: channels of the 3 conv blocks
-    width: int = 32  # res-ae: channels of the first stage (doubling to 4x)
+    width: int = 16  # res-ae: channels of the first stage (doubling to 4x)
 
     def to_dict(self) -> dict:
         return asdict(self)

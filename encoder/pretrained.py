@@ -49,7 +49,7 @@ BACKBONES = {
 class PretrainedConfig:
     backbone: str = "efficientnet-lite0"  # one of BACKBONES
     image_size: int = 224  # square input side
-    resize: str = "squash"  # squash | center-crop (encoder.preprocess)
+    resize: str = "center-crop"  # center-crop (measured +0.03 P@5 on clothing) | squash
     gem_p: float = 3.0  # GeM pooling exponent (1 = average pooling)
     flip: bool = False  # average the features of the image and its mirror
     code_dim: int | None = 128  # PCA code size; None keeps the pooled features (1280-d)

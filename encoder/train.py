@@ -34,7 +34,7 @@ class TrainConfig:
     image_size: int | None = None  # square input side; None: 64 for autoencoders, the preset's for pretrained
     code_dim: int = 128  # simple-ae, res-ae
     filters: tuple[int, ...] = field(default=(16, 8, 8))  # conv-ae only
-    width: int = 32  # res-ae: channels of the first stage
+    width: int = 16  # res-ae: channels of the first stage
     # robustness knobs (None: the arch's own default, ARCH_DEFAULTS; the original recipe uses none)
     augment: bool | None = None  # reconstruct random crop/shift/mirror views instead of the images
     noise: float | None = None  # denoising: input jitter (brightness/contrast/saturation) and noise std
@@ -52,7 +52,14 @@ class TrainConfig:
 
 
 ARCH_DEFAULTS: dict[str, dict] = {
-    "res-ae": {"augment": True, "noise": 0.05, "invariance": 1.0, "max_minutes": 13.0, "epochs": 40},
+    "res-ae": {
+        "augment": True,
+        "noise": 0.05,
+        "invariance": 1.0,
+        "max_minutes": 13.0,
+        "epochs": 40,
+        "image_size": 48,
+    },
 }
 
 
@@ -64,6 +71,8 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
                           if getattr(cfg, k) is None})  # fmt: skip
     if "epochs" in arch and cfg.epochs == TrainConfig.epochs:
         out = replace(out, epochs=arch["epochs"])
+    if "image_size" in arch and cfg.image_size is None:
+        out = replace(out, image_size=arch["image_size"])
     return out
 
 
