@@ -333,13 +333,15 @@ def fit_pretrained(
     extractor = FeatureExtractor(cfg)
     X, used = extract_features(extractor, paths, pre, progress)  # (N, C)
     t_extract = time.perf_counter() - t0
-    n_components = cfg.code_dim or min(128, *X.shape)  # the pooled model keeps a reducer for novelty
     order = np.random.default_rng(seed).permutation(len(X))
     n_val = int(round(len(X) * val_fraction))
-    if n_components > min(len(X) - max(n_val, len(X) // NOVELTY_FOLDS + 1), X.shape[1]):
-        raise ValueError(
-            f"need more than {n_components} readable images to fit a {n_components}-d reducer, got {len(X)}"
-        )
+    smallest_fit = len(X) - max(n_val, -(-len(X) // NOVELTY_FOLDS))  # images in the smallest fitting set
+    if smallest_fit < 2:
+        raise ValueError(f"need at least {NOVELTY_FOLDS} readable images to fit a reducer, got {len(X)}")
+    wanted = cfg.code_dim or 128  # the pooled model keeps a reducer too, for novelty
+    n_components = min(wanted, smallest_fit - 1, X.shape[1])
+    if n_components < wanted:
+        logger.warning("only %d images: reducer code is %d-d instead of %d", len(X), n_components, wanted)
     val_error = None
     if n_val:
         held_out = Reducer(fit_pca(X[order[n_val:]], n_components, cfg.pca_whiten), cfg.pca_whiten)
@@ -354,7 +356,7 @@ def fit_pretrained(
         "pretrained": asdict(cfg),
         "backbone_sha256": file_sha256(weights_path(cfg.backbone)),
         "preprocess": pre.to_dict(),
-        "code_dim": int(cfg.code_dim or X.shape[1]),
+        "code_dim": int(n_components if cfg.code_dim else X.shape[1]),
         "feature_dim": int(X.shape[1]),
         NOVELTY_KEY: novelty_reference(errors),
         "training": {

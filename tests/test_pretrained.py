@@ -105,3 +105,12 @@ def test_novelty_is_higher_for_a_foreign_image(fitted: tuple[Path, Path, Path]):
     assert p_foreign.shape == (1,) and 0.0 <= float(p_foreign[0]) <= 100.0
     assert p_foreign[0] > np.median(p_own)
     assert p_foreign[0] >= 99.0
+
+
+def test_a_small_inventory_gets_a_smaller_code(fitted: tuple[Path, Path, Path], tmp_path: Path):
+    _, inventory, _ = fitted
+    paths = find_images(inventory)[:8]
+    _, config = fit_pretrained(paths, tmp_path / "m", PretrainedConfig(image_size=64), "small")
+    # 8 images: 1 held out, folds of 2 -> the smallest fitting set has 6 images -> at most 5 components
+    assert config["code_dim"] == 5
+    assert load_encoder(tmp_path / "m").dim == 5
