@@ -135,7 +135,7 @@ def index(
     opts = IndexOptions(**{k: v for k, v in options.items() if v is not None})
     with common.file_bar() as (on_total, on_progress):
         try:
-            with _dask_embedder(dask_address) if dask_address else nullcontext() as embedder:
+            with _dask_embedder(dask_address, model_dir) if dask_address else nullcontext() as embedder:
                 summary = run_index(
                     inventory, model_dir, index_dir, opts,
                     embedder=embedder, on_total=on_total, on_progress=on_progress,
@@ -149,14 +149,14 @@ def index(
 
 
 @contextmanager
-def _dask_embedder(address: str):  # noqa: ANN202 - yields an indexer.dask_embed.DaskEmbedder
+def _dask_embedder(address: str, model_dir: str):  # noqa: ANN202 - yields an indexer.dask_embed.DaskEmbedder
     """A Dask embedder on `address` (a scheduler, or local[:N]); needs `pip install imgrec[dask]`."""
     try:
         from indexer.dask_embed import DaskEmbedder, dask_client
     except ModuleNotFoundError as e:
         raise click.ClickException(f"--dask needs dask[distributed] (pip install 'imgrec[dask]'): {e}") from e
     with dask_client(address) as client:
-        yield DaskEmbedder(client)
+        yield DaskEmbedder(client, model_dir=model_dir)
 
 
 @cli.command()

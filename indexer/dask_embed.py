@@ -5,8 +5,10 @@
 
 The files to embed are cut into partitions; each partition is one task that decodes its files with
 `indexer.ingest.decode_file` and embeds them with the run's own encoder, exactly as a local run does
-(hostile files give the same outcomes). The encoder is pickled once and broadcast to every worker
-(`client.scatter(..., broadcast=True)`); a worker unpickles it once per fingerprint and keeps it.
+(hostile files give the same outcomes). The model dir's files (weights, config, fingerprint) are
+sent once and broadcast to every worker (`client.scatter(..., broadcast=True)`); a worker loads them
+with `encoder.load_encoder` (fingerprint checked) once per fingerprint and keeps the encoder. Without
+a `model_dir`, the encoder object itself is pickled instead (only for encoders that pickle).
 Results stream back as tasks finish (`as_completed`, a bounded window of partitions in flight) and
 are handed to the job in input order, so item ids come out as in a local run, and the job publishes
 them through its usual path (generations, ledger, checkpoints).
@@ -22,13 +24,16 @@ from __future__ import annotations
 
 import logging
 import pickle
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from encoder.model_dir import CONFIG, FINGERPRINT, WEIGHTS
 from indexer.ingest import Decoded, EmbeddedBatch, IngestLimits, decode_file
 from indexer.scan import ScannedFile
 
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARTITION_SIZE = 256  # files per task
+MODEL_FILES = (WEIGHTS, CONFIG, FINGERPRINT)  # what defines a model dir
+PICKLED = "__pickled_encoder__"
 RETRIES = 3  # re-runs of a task that raised (a dead worker's tasks are rescheduled regardless)
 
 
@@ -82,11 +89,12 @@ class DaskEmbedder:
         partition_size: int = PARTITION_SIZE,
         retries: int = RETRIES,
         max_in_flight: int | None = None,  # partitions submitted at once (default: 2 per worker thread)
+        model_dir: str | Path | None = None,  # the run's model dir: what workers load (recommended)
     ):
         if partition_size < 1:
             raise ValueError("partition_size must be at least 1")
         self.client, self.partition_size, self.retries = client, partition_size, retries
-        self.max_in_flight = max_in_flight
+        self.max_in_flight, self.model_dir = max_in_flight, model_dir
 
     def __call__(
         self,
@@ -109,7 +117,7 @@ class DaskEmbedder:
         limits = limits or IngestLimits()
         parts = [files[i : i + self.partition_size] for i in range(0, len(files), self.partition_size)]
         # the weights go to every worker once; tasks then refer to the scattered copy
-        blob = self.client.scatter(pickle.dumps(encoder), broadcast=True, hash=False)
+        [blob] = self.client.scatter([self._model_payload(encoder)], broadcast=True, hash=False)
         window = self.max_in_flight or max(2, 2 * sum(self.client.nthreads().values()))
 
         def submit(i: int):  # noqa: ANN202 - a distributed.Future
@@ -144,27 +152,54 @@ class DaskEmbedder:
             blob.release()
         logger.info("embedded %d files in %d partitions on Dask", len(files), len(parts))
 
+    def _model_payload(self, encoder: Encoder) -> dict[str, bytes]:
+        """What workers rebuild the encoder from: the model dir's files, else the pickled encoder.
+
+        :raise ValueError: `model_dir` holds another model than `encoder`, or the encoder cannot be pickled.
+        """
+        if self.model_dir is not None:
+            from encoder.model_dir import read_fingerprint
+
+            if read_fingerprint(self.model_dir) != encoder.fingerprint:
+                raise ValueError(
+                    f"{self.model_dir} is not the model being indexed with (fingerprints differ)"
+                )
+            root = Path(self.model_dir)
+            return {name: (root / name).read_bytes() for name in MODEL_FILES if (root / name).is_file()}
+        try:
+            return {PICKLED: pickle.dumps(encoder)}
+        except (TypeError, pickle.PicklingError) as e:
+            raise ValueError(f"this encoder cannot be pickled ({e}): give DaskEmbedder its model_dir") from e
+
 
 # --- worker side ---
 
-_ENCODERS: dict[str, Encoder] = {}  # per worker process: fingerprint -> encoder unpickled once
+_ENCODERS: dict[str, Encoder] = {}  # per worker process: fingerprint -> encoder loaded once
 _ENCODERS_LOCK = threading.Lock()
 
 
-def worker_encoder(blob: bytes, fingerprint: str) -> Encoder:
-    """The encoder for `fingerprint` in this worker process, unpickled from `blob` on first use."""
+def worker_encoder(payload: dict[str, bytes], fingerprint: str) -> Encoder:
+    """The encoder for `fingerprint` in this worker process, loaded from `payload` on first use."""
     with _ENCODERS_LOCK:
         if fingerprint not in _ENCODERS:
-            encoder = pickle.loads(blob)
+            if PICKLED in payload:
+                encoder = pickle.loads(payload[PICKLED])
+            else:  # the model dir's own files, loaded the way every imgrec process loads a model
+                from encoder import load_encoder
+
+                with tempfile.TemporaryDirectory(prefix="imgrec-model-") as tmp:
+                    for name, data in payload.items():
+                        (Path(tmp) / name).write_bytes(data)
+                    encoder = load_encoder(tmp)
             if encoder.fingerprint != fingerprint:
-                raise ValueError("the shipped encoder does not match the requested fingerprint")
+                raise ValueError("the shipped model does not match the requested fingerprint")
             _ENCODERS.clear()  # one model per worker at a time
             _ENCODERS[fingerprint] = encoder
         return _ENCODERS[fingerprint]
 
 
 def embed_partition(
-    blob: bytes, fingerprint: str, files: list[ScannedFile], batch_size: int, limits: IngestLimits
+    blob: dict[str, bytes], fingerprint: str, files: list[ScannedFile], batch_size: int, limits: IngestLimits
 ) -> EmbeddedBatch:
     """One task: decode `files` as a local run does, embed the readable ones in batches."""
     encoder = worker_encoder(blob, fingerprint)

@@ -34,10 +34,17 @@ def recall_at_k(I: np.ndarray, gt: np.ndarray, k: int = K) -> float:  # noqa: E7
     return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(I, gt, strict=True)]))
 
 
+_BUILT: dict[tuple, faiss.Index] = {}
+
+
 def built(ds: SyntheticDataset, index_type: str, metric: str = "l2") -> faiss.Index:
-    index = fi.build_index(ds.d, metric, index_type, xt=ds.get_train())
-    fi.add(index, np.arange(ds.nb) + 1000, ds.get_database(), metric)  # ids are not positions
-    return index
+    """The data set's database in an index of `index_type` (built once per module; do not modify)."""
+    key = (id(ds), index_type, metric)
+    if key not in _BUILT:
+        index = fi.build_index(ds.d, metric, index_type, xt=ds.get_train())
+        fi.add(index, np.arange(ds.nb) + 1000, ds.get_database(), metric)  # ids are not positions
+        _BUILT[key] = index
+    return _BUILT[key]
 
 
 def exact(ds: SyntheticDataset, metric: str = "l2") -> np.ndarray:

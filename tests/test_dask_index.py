@@ -111,7 +111,7 @@ def test_dask_build_equals_local_build(client, shop, local_index, tmp_path):
         model,
         tmp_path / "index",
         IndexOptions(limits=LIMITS, checkpoint_every=8),
-        embedder=DaskEmbedder(client, partition_size=4),
+        embedder=DaskEmbedder(client, partition_size=4, model_dir=model),
     )
     assert summary.added == 30
     assert (summary.skipped, summary.failed) == (LOCAL_SUMMARY["skipped"], LOCAL_SUMMARY["failed"])
@@ -131,7 +131,7 @@ def test_dask_update_matches_local_update(client, shop, tmp_path):
     shutil.copytree(inventory, changed)
     local, dask = tmp_path / "local", tmp_path / "dask"
     run_index(changed, model, local, IndexOptions(limits=LIMITS))
-    run_index(changed, model, dask, IndexOptions(limits=LIMITS), embedder=DaskEmbedder(client))
+    run_index(changed, model, dask, IndexOptions(limits=LIMITS), embedder=DaskEmbedder(client))  # pickled
     (changed / "mugs" / "mugs-000.jpg").unlink()
     shutil.copy(changed / "boxes" / "boxes-000.jpg", changed / "boxes" / "boxes-new.jpg")
     shutil.copy(changed / "rugs" / "rugs-001.jpg", changed / "tents" / "tents-002.jpg")
@@ -171,7 +171,7 @@ def test_worker_killed_mid_run_costs_a_retry(client, shop, local_index, tmp_path
             model,
             tmp_path / "index",
             IndexOptions(limits=LIMITS),
-            embedder=DaskEmbedder(client, partition_size=3),
+            embedder=DaskEmbedder(client, partition_size=3, model_dir=model),
         )
     finally:
         client.unregister_worker_plugin("kill-on-first-task")
@@ -226,3 +226,24 @@ def test_embedder_has_the_signature_of_embed_files_and_reports_in_order(client, 
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_encoders_that_do_not_pickle_travel_as_their_model_dir(client, shop):
+    """The default (pretrained) encoder holds a lock: workers load the model dir's files instead."""
+    import threading
+
+    from encoder import load_encoder
+    from indexer.scan import scan_inventory
+
+    inventory, model = shop
+    encoder = load_encoder(model)
+    encoder._lock = threading.Lock()  # like PretrainedEncoder
+    files = [f for f in scan_inventory(inventory / "mugs")]
+    with pytest.raises(ValueError, match="model_dir"):
+        list(DaskEmbedder(client)(files, encoder))
+    batches = list(DaskEmbedder(client, model_dir=model)(files, encoder))
+    assert sum(len(b.ok) for b in batches) == len(files)
+    with pytest.raises(ValueError, match="fingerprints differ"):
+        other = load_encoder(model)
+        other.fingerprint = "0" * 64
+        list(DaskEmbedder(client, model_dir=model)(files, other))
