@@ -474,3 +474,18 @@ def test_services_run_natively_in_dependency_order(inventory, tmp_path):
     finally:
         containers.stop_all()
     assert containers.procs["api"].returncode in (0, -signal.SIGTERM), containers.tail("api")
+
+
+def test_env_example_lists_every_setting_with_its_default():
+    """.env.example names exactly the variables docker-compose.yml reads, with the same defaults."""
+    example = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            example[key.strip()] = value.strip()
+    text = "\n".join(ln for ln in COMPOSE_FILE.read_text().splitlines() if not ln.lstrip().startswith("#"))
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    assert used == set(example), (
+        f"only in compose: {used - set(example)}; only in .env.example: {set(example) - used}"
+    )
+    assert load_compose(example) == load_compose({})
