@@ -112,9 +112,10 @@ def faiss_layer(sizes: list[int], clients: list[int], rounds: int, duration: flo
                         batchers = [
                             Batcher(stacking(search), window_ms=2.0, max_batch=32) for _ in range(lanes)
                         ]
-                        call = lambda j, b=batchers, c=c: b[j % c % len(b)].submit(
-                            queries[j % len(queries)][None]
-                        )  # noqa: E731
+
+                        def call(j: int, b: list = batchers, c: int = c) -> object:
+                            return b[j % c % len(b)].submit(queries[j % len(queries)][None])
+
                         r = run_clients(c, call, duration, one_thread)
                         r["mean_batch"] = float(
                             np.mean([b.stats.mean_items() for b in batchers if b.stats.batches])
@@ -162,7 +163,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_api(index_dir: Path, log: Path, workers: int, threads: int | None = None, **env: str) -> tuple:
+def start_api(
+    index_dir: Path,
+    log: Path,
+    workers: int,
+    threads: int | None = None,
+    conf: str = "python:search_api.gunicorn_conf",
+    **env: str,
+) -> tuple:
     """Start the API under gunicorn with the project's config; returns (process, base url)."""
     port = free_port()
     environ = {
@@ -189,33 +197,42 @@ def start_api(index_dir: Path, log: Path, workers: int, threads: int | None = No
     return proc, f"http://127.0.0.1:{port}"
 
 
-def wait_ready(proc: subprocess.Popen, url: str, workers: int, timeout: float = 180) -> tuple[float, float]:
-    """Seconds until /readyz answers 200, and until every worker has loaded the index.
+def wait_ready(proc: subprocess.Popen, url: str, workers: int, timeout: float = 300) -> tuple[float, float]:
+    """Seconds until /readyz answers 200, and until every worker has finished loading.
 
-    Each worker reports its own `engine.loaded_at` in /v1/stats: all workers are up when as many
-    distinct values have been seen as there are workers.
+    A worker that is still loading does not accept connections, so /readyz answers as soon as the
+    first worker is ready. "All ready" is when every worker's main thread has been idle (sleeping
+    in its accept loop, not running or runnable) for 4 checks in a row after that.
     """
+    import psutil
     import requests
 
     t0 = time.perf_counter()
     first = None
-    seen: set[str] = set()
+    idle_since, streak = None, 0
     while time.perf_counter() - t0 < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"the API exited with {proc.returncode}")
-        try:
-            if first is None and requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                first = time.perf_counter() - t0
-            if first is not None:
-                with requests.Session() as s:  # a new connection per call reaches any worker
-                    r = s.get(f"{url}/v1/stats", timeout=5, headers={"Connection": "close"})
-                if r.status_code == 200:
-                    seen.add(r.json()["engine"]["loaded_at"])
-                    if len(seen) >= workers:
-                        return first, time.perf_counter() - t0
-        except (requests.ConnectionError, requests.Timeout):
-            pass  # accepted by the master's socket, but no worker is serving yet
-        time.sleep(0.02)
+        if first is None:
+            try:
+                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    first = time.perf_counter() - t0
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # accepted by the master's socket, but no worker is serving yet
+        else:
+            try:
+                kids = psutil.Process(proc.pid).children()
+                idle = len(kids) == workers and all(k.status() == psutil.STATUS_SLEEPING for k in kids)
+            except psutil.NoSuchProcess:
+                idle = False
+            if idle:
+                idle_since = idle_since or time.perf_counter() - t0
+                streak += 1
+                if streak >= 4:
+                    return first, max(first, idle_since)
+            else:
+                idle_since, streak = None, 0
+        time.sleep(0.025)
     raise TimeoutError(f"API not ready after {timeout} s")
 
 
