@@ -16,6 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# As the `imgrec` CLI does before torch/FAISS load OpenMP: waiting threads sleep, never spin.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 CLOTHING = SHARED_DATASETS / "clothing-small" / "train"

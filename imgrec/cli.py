@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import click
+# Before torch/FAISS load OpenMP (imported below): threads waiting at a barrier sleep instead of
+# spinning. On a busy or shared machine spinning made 2-thread forward passes 3-4x slower than 1
+# thread (docs/readme/performance.md). An explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from imgrec.commands import common
+import click  # noqa: E402
+
+from imgrec.commands import common  # noqa: E402
 
 
 @click.group()
