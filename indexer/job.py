@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from encoder import Encoder, load_encoder
-from encoder.model_dir import copy_model_dir
+from encoder.model_dir import copy_model_dir, read_model_dir
 from indexer import faiss_index
 from indexer.db import Generation, GenerationChange, Item, LedgerEntry, open_database, utcnow
 from indexer.generations import (
@@ -113,10 +113,10 @@ def run_index(
     inventory_root = str(Path(inventory).resolve())
     with index_lock(index_dir, wait=opts.wait_for_lock), _catalog(index_dir) as engine:
         cleanup_orphans(index_dir, engine)
-        encoder = load_encoder(model_dir)
+        _, _, fingerprint = read_model_dir(model_dir)  # checked now; the model is loaded only if needed
         with Session(engine) as session:
             cur = current_generation(session)
-            metric, index_type = _settings(cur, encoder, opts)
+            metric, index_type = _settings(cur, fingerprint, opts)
             # plain rows, not ORM objects: a no-change run over many files is dominated by this
             ledger = {e.path: e for e in session.execute(select(*LEDGER_COLUMNS))}
             live = select(Item.id, Item.path, Item.sha256).where(Item.deleted_generation.is_(None))
@@ -134,8 +134,8 @@ def run_index(
             summary.seconds = time.perf_counter() - t0
             return summary
 
-        model_copy = index_dir / MODELS_DIR / encoder.fingerprint
-        copy_model_dir(model_dir, model_copy)
+        encoder = load_encoder(model_dir)
+        copy_model_dir(model_dir, index_dir / MODELS_DIR / encoder.fingerprint)
         # a new or rebuilt index is created at the first publish (approximate types train on its vectors)
         index = None if opts.full or base_file is None else faiss_index.read_index(base_file)
 
@@ -173,14 +173,14 @@ def _catalog(index_dir: Path) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _settings(cur: Generation | None, encoder: Encoder, opts: IndexOptions) -> tuple[str, str]:
+def _settings(cur: Generation | None, fingerprint: str, opts: IndexOptions) -> tuple[str, str]:
     """The metric and index type to build with; refuse a model or metric change unless `full`."""
     if cur is None or opts.full:
         return opts.metric or (cur.metric if cur else "cosine"), opts.index_type or "flat"
-    if cur.model_fingerprint != encoder.fingerprint:
+    if cur.model_fingerprint != fingerprint:
         raise ModelMismatchError(
             f"the index was built with model {cur.model_fingerprint[:12]} but this model is "
-            f"{encoder.fingerprint[:12]}; use the index's model, or pass --full to rebuild with the new one"
+            f"{fingerprint[:12]}; use the index's model, or pass --full to rebuild with the new one"
         )
     if opts.metric and opts.metric != cur.metric:
         raise ModelMismatchError(
