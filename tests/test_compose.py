@@ -182,10 +182,12 @@ def parse_dockerfile(path: Path = DOCKERFILE) -> Image:
 class Containers:
     """Runs compose services as local processes, with folders standing in for volumes."""
 
-    def __init__(self, compose: dict, image: Image, root: Path):
+    def __init__(self, compose: dict, image: Image, root: Path, ports: dict[int, int] | None = None):
         self.compose, self.image, self.root = compose, image, root
+        self.ports = ports or {}  # container port -> free local port (the compose network's stand-in)
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
+        self.healthy: set[str] = set()
 
     def volume_dir(self, name: str) -> Path:
         assert name in (self.compose.get("volumes") or {}), f"undeclared named volume {name!r}"
@@ -216,16 +218,20 @@ class Containers:
             host.mkdir(parents=True, exist_ok=True)
         return found
 
-    @staticmethod
-    def map_paths(value: str, mounts: dict[str, Path]) -> str:
+    def map_value(self, value: str, mounts: dict[str, Path]) -> str:
+        """A container's string as seen here: mounted paths -> folders, `service:port` -> 127.0.0.1:free port."""
         for target in sorted(mounts, key=len, reverse=True):
             value = re.sub(rf"(?<![\w/.]){re.escape(target)}(?=/|:|$|\s|')", str(mounts[target]), value)
+        for name in self.compose["services"]:  # service names resolve on the compose network
+            value = re.sub(rf"(?<![\w.-]){re.escape(name)}(?=:\d)", "127.0.0.1", value)
+        for inside, outside in self.ports.items():
+            value = re.sub(rf"(?<![\d.]){inside}(?!\d)", str(outside), value)
         return value
 
     def environment(self, service: str) -> dict[str, str]:
         mounts = self.mounts(service)
         env = {**self.image.env, **as_env(self.compose["services"][service].get("environment"))}
-        env = {k: self.map_paths(v, mounts) for k, v in env.items()}
+        env = {k: self.map_value(v, mounts) for k, v in env.items()}
         env.setdefault("HOME", str(mounts[self.image.workdir]))
         env["TMPDIR"] = str(self.root / "tmp")
         (self.root / "tmp").mkdir(exist_ok=True)
@@ -242,7 +248,7 @@ class Containers:
             argv = self.image.entrypoint + (command if command is not None else self.image.cmd)
         assert argv, f"{service} has nothing to run"
         mounts = self.mounts(service)
-        return [self.map_paths(a, mounts) for a in argv]
+        return [self.map_value(a, mounts) for a in argv]
 
     def popen(self, service: str, argv: list[str], log_name: str) -> subprocess.Popen:
         env = self.environment(service)
@@ -282,7 +288,7 @@ class Containers:
         test = ["CMD-SHELL", test] if isinstance(test, str) else list(test)
         argv = test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]
         mounts = self.mounts(service)
-        proc = self.popen(service, [self.map_paths(a, mounts) for a in argv], f"{service}-healthcheck")
+        proc = self.popen(service, [self.map_value(a, mounts) for a in argv], f"{service}-healthcheck")
         return proc.wait(timeout=30)
 
     def wait_healthy(self, service: str, timeout: float = 120) -> None:
@@ -294,6 +300,42 @@ class Containers:
                 return
             assert time.monotonic() < deadline, f"{service} never became healthy:\n{self.tail(service)}"
             time.sleep(1)
+
+    def up(self, services: list[str], timeout: float = 240) -> None:
+        """Start `services` as `docker compose up` does: each as soon as its `depends_on` conditions
+        hold (started / healthy / completed successfully); returns once all have started."""
+        deadline = time.monotonic() + timeout
+        waiting = list(services)
+        while waiting:
+            for name in list(waiting):
+                if self._ready_to_start(name, services):
+                    self.start(name)
+                    waiting.remove(name)
+            assert time.monotonic() < deadline, f"never started: {waiting}"
+            if waiting:
+                time.sleep(0.5)
+
+    def _ready_to_start(self, name: str, services: list[str]) -> bool:
+        deps = self.compose["services"][name].get("depends_on", {})
+        for dep, spec in deps.items() if isinstance(deps, dict) else ((d, {}) for d in deps):
+            if dep not in services:
+                continue
+            proc = self.procs.get(dep)
+            if proc is None:
+                return False
+            condition = spec.get("condition", "service_started")
+            if condition == "service_completed_successfully":
+                if proc.poll() is None:
+                    return False
+                assert proc.returncode == 0, (
+                    f"{dep} exited {proc.returncode}, {name} cannot start:\n{self.tail(dep)}"
+                )
+            elif condition == "service_healthy" and dep not in self.healthy:
+                assert proc.poll() is None, f"{dep} exited ({proc.returncode}):\n{self.tail(dep)}"
+                if self.healthcheck(dep) != 0:
+                    return False
+                self.healthy.add(dep)
+        return True
 
     def tail(self, name: str, n: int = 40) -> str:
         log = self.logs.get(name)
@@ -376,22 +418,6 @@ def test_every_service_is_complete_with_defaults_only():
     assert any(v.endswith(":/data/inventory:ro") for v in compose["services"]["indexer"]["volumes"])
 
 
-def test_dask_services_commands_are_accepted(tmp_path):
-    """The dask profile's scheduler and worker command lines parse (`--help` after all their options)."""
-    pytest.importorskip("distributed", reason="dask[distributed] is not installed")
-    if tool("dask") is None:
-        pytest.skip("the `dask` command is not installed")
-    compose = load_compose({"IMGREC_INVENTORY_DIR": str(tmp_path)})
-    containers = Containers(compose, parse_dockerfile(), tmp_path)
-    for service in ("dask-scheduler", "dask-worker"):
-        argv = containers.argv(service)
-        assert argv[0] == "dask"
-        result = subprocess.run(
-            [tool("dask"), *argv[1:], "--help"], capture_output=True, text=True, timeout=60
-        )
-        assert result.returncode == 0, f"{service}: {result.stderr[-2000:]}"
-
-
 @pytest.fixture
 def inventory(tmp_path) -> Path:
     from imgrec.synthetic import make_catalog
@@ -433,16 +459,9 @@ def test_services_run_natively_in_dependency_order(inventory, tmp_path):
     assert order == ["train", "indexer", "api"]
     before = _tree(inventory)
     try:
-        for service in order:
-            deps = compose["services"][service].get("depends_on", {})
-            for dep, spec in deps.items():
-                if dep in order and spec["condition"] == "service_healthy":
-                    containers.wait_healthy(dep)
-            if service == "api":
-                containers.start(service)
-                containers.wait_healthy(service)
-            else:
-                assert containers.run(service) == 0, containers.tail(service)
+        containers.up(order)  # train, then the indexer once train exited 0, then the api likewise
+        containers.wait_healthy("api")
+        assert containers.procs["train"].returncode == 0 and containers.procs["indexer"].returncode == 0
         assert _tree(inventory) == before, "a service wrote into the read-only inventory"
         assert (containers.volume_dir("models") / "default" / "config.json").is_file()
         assert containers.healthcheck("api") == 0
@@ -489,3 +508,42 @@ def test_env_example_lists_every_setting_with_its_default():
         f"only in compose: {used - set(example)}; only in .env.example: {set(example) - used}"
     )
     assert load_compose(example) == load_compose({})
+
+
+def test_dask_profile_runs_natively(inventory, tmp_path):
+    """scheduler -> (healthy) -> worker + indexer with IMGREC_DASK: the embedding runs on the worker."""
+    pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+    for name in ("imgrec", "dask"):
+        if tool(name) is None:
+            pytest.skip(f"`{name}` is not installed in this environment")
+    from distributed import Client
+
+    from encoder.train import TrainConfig, train
+    from indexer import open_snapshot
+
+    env = {
+        "IMGREC_INVENTORY_DIR": str(inventory),
+        "IMGREC_DASK": "tcp://dask-scheduler:8786",
+        "IMGREC_DASK_WORKERS": "1",
+    }
+    compose = load_compose(env)
+    port = free_port()
+    containers = Containers(compose, parse_dockerfile(), tmp_path / "docker", ports={8786: port})
+    # a pre-trained tiny model in the models volume, where the train service would have left it
+    cfg = TrainConfig(arch="conv-ae", image_size=16, filters=(8, 4, 4), epochs=1, batch_size=16, patience=1)
+    train(inventory / "mugs", containers.volume_dir("models") / "default", cfg)
+    order = [s for s in start_order(compose, enabled_services(compose, {"dask"})) if s != "api"]
+    assert set(order) == {"dask-scheduler", "dask-worker", "indexer"}
+    try:
+        containers.up(order)
+        assert containers.procs["indexer"].wait(timeout=240) == 0, containers.tail("indexer")
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30) as client:
+            prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+        assert "embed_partition" in prefixes, "the indexer did not use the Dask workers"
+    finally:
+        containers.stop_all()
+    snap = open_snapshot(containers.volume_dir("index"))
+    try:
+        assert snap.generation.item_count == 36
+    finally:
+        snap.close()
