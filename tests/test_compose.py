@@ -7,7 +7,8 @@
    place of named volumes and bind mounts (container paths in arguments and environment mapped to
    them), in `depends_on` order with its conditions: train (profile) -> indexer (exit 0) -> api
    (gunicorn), then the api's own healthcheck command, a query, and a second indexer run that the
-   running api picks up (hot reload).
+   running api picks up (hot reload); and the dask profile: scheduler (healthy) -> worker + indexer
+   on the cluster (service names and the scheduler port mapped to 127.0.0.1 and a free port).
 Not emulated: the non-root user (tests run as whoever runs them), network isolation, and
 `:ro` is checked by comparing the inventory before and after instead of being enforced.
 """
