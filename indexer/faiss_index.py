@@ -64,11 +64,10 @@ def add(index: faiss.Index, ids: np.ndarray, xb: np.ndarray, metric: str) -> Non
 
 
 def remove(index: faiss.Index, ids: np.ndarray) -> int:
-    """Remove `ids`; returns how many were removed."""
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if not len(ids):
-        return 0
-    return int(index.remove_ids(faiss.IDSelectorBatch(ids)))
+    """Remove `ids` (any index type); returns how many were removed."""
+    from indexer.ann import remove_ids  # IDMap2.remove_ids is only right for flat; ann handles every type
+
+    return remove_ids(index, ids)
 
 
 def search(

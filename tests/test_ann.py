@@ -201,17 +201,12 @@ def test_job_builds_and_updates_an_approximate_index(shop, index_type, tmp_path)
     assert _search_all(index_dir)[0].index_type == "flat"
 
 
-PENDING_REMOVE = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="IDMap2.remove_ids is wrong for ivf and impossible for hnsw: faiss_index.remove must route "
-    "approximate types through indexer.ann.remove_ids (asked in docs/ARCHITECTURE.md)",
-)
-
-
-@pytest.mark.parametrize("index_type", [pytest.param(t, marks=PENDING_REMOVE) for t in ("ivf", "hnsw")])
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
 def test_job_update_that_removes_items(shop, index_type, tmp_path):
+    """Updates that delete or re-embed items of an approximate index keep ids mapping right."""
     _update_that_removes_items(shop, index_type, tmp_path)
+    gen, ids, top = _search_all(tmp_path / "index")
+    assert np.mean([t == i for t, i in zip(top, ids, strict=True)]) >= 0.9
 
 
 def _update_that_removes_items(shop, index_type, tmp_path):
@@ -226,14 +221,3 @@ def _update_that_removes_items(shop, index_type, tmp_path):
     assert (s.deleted, s.updated) == (1, 1)
     gen, ids, top = _search_all(index_dir)
     assert gen.index_type == index_type and len(ids) == 47
-
-
-@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
-def test_job_update_that_removes_items_through_ann_remove(shop, index_type, tmp_path, monkeypatch):
-    """With `faiss_index.remove` routed through `ann.remove_ids`, updates that remove items work."""
-    from indexer import ann
-
-    monkeypatch.setattr(fi, "remove", ann.remove_ids)
-    _update_that_removes_items(shop, index_type, tmp_path)
-    gen, ids, top = _search_all(tmp_path / "index")
-    assert np.mean([t == i for t, i in zip(top, ids, strict=True)]) >= 0.9  # ids still map right
