@@ -88,7 +88,7 @@ def echo_summary(s: JobSummary) -> None:
     else:
         click.echo("nothing changed; no new generation")
     for path, reason in s.problems:
-        click.echo(f"  skipped {path}: {reason}")
+        click.echo(f"  not indexed: {path}: {reason}")
 
 
 def echo_answer(a: QueryAnswer) -> None:
