@@ -133,6 +133,14 @@ def train(
     return train_autoencoder(images_dir, out_dir, cfg, progress)
 
 
+def select_images(images_dir: str | Path, max_images: int | None, rng: np.random.Generator) -> list[Path]:
+    """The images to train on: all of them, or a seeded random subset of `max_images`."""
+    paths = find_images(images_dir)
+    if max_images and len(paths) > max_images:
+        paths = sorted(rng.choice(np.array(paths, dtype=object), max_images, replace=False).tolist())
+    return paths
+
+
 def fit_reducer(
     images_dir: str | Path,
     out_dir: str | Path,
@@ -146,10 +154,7 @@ def fit_reducer(
     preset = PRESETS[cfg.arch]
     if cfg.image_size:
         preset = replace(preset, image_size=cfg.image_size)
-    paths = find_images(images_dir)
-    if cfg.max_images and len(paths) > cfg.max_images:
-        rng = np.random.default_rng(cfg.seed)
-        paths = sorted(rng.choice(np.array(paths, dtype=object), cfg.max_images, replace=False).tolist())
+    paths = select_images(images_dir, cfg.max_images, np.random.default_rng(cfg.seed))
     if not paths:
         raise ValueError(f"no images found under {images_dir}")
     done, step = 0, 0
@@ -192,9 +197,7 @@ def train_autoencoder(
     image_size = cfg.image_size or 64
     pre = Preprocess(image_size=image_size)
 
-    paths = find_images(images_dir)
-    if cfg.max_images and len(paths) > cfg.max_images:
-        paths = sorted(rng.choice(np.array(paths, dtype=object), cfg.max_images, replace=False).tolist())
+    paths = select_images(images_dir, cfg.max_images, rng)
     data = torch.from_numpy(pre.normalize(load_training_images(paths, pre)))  # (N, 3, S, S)
     if len(data) < 2:
         raise ValueError(f"need at least 2 readable images to train, found {len(data)} in {images_dir}")
