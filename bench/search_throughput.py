@@ -82,7 +82,9 @@ def run_clients(n_clients: int, call, duration: float, setup=None) -> dict:  # n
 # -- FAISS layer ---------------------------------------------------------------------------------
 
 
-def faiss_layer(sizes: list[int], clients: list[int], rounds: int, duration: float, lanes: int) -> list[dict]:
+def faiss_layer(
+    sizes: list[int], clients: list[int], rounds: int, duration: float, lanes: int, batch_threads: int = 1
+) -> list[dict]:
     import faiss
 
     from indexer import faiss_index
@@ -96,6 +98,9 @@ def faiss_layer(sizes: list[int], clients: list[int], rounds: int, duration: flo
 
         def one_thread() -> None:
             faiss.omp_set_num_threads(1)  # per thread: OpenMP ICVs are per calling thread
+
+        def batch_thread_count() -> None:
+            faiss.omp_set_num_threads(batch_threads)  # for the leader of a batch
 
         def search(xq: np.ndarray, index=index) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
             return faiss_index.search(index, xq, K, "cosine")
@@ -116,7 +121,7 @@ def faiss_layer(sizes: list[int], clients: list[int], rounds: int, duration: flo
                         def call(j: int, b: list = batchers, c: int = c) -> object:
                             return b[j % c % len(b)].submit(queries[j % len(queries)][None])
 
-                        r = run_clients(c, call, duration, one_thread)
+                        r = run_clients(c, call, duration, batch_thread_count)
                         r["mean_batch"] = float(
                             np.mean([b.stats.mean_items() for b in batchers if b.stats.batches])
                         )
@@ -183,15 +188,7 @@ def start_api(
     }
     if threads:
         environ["GUNICORN_CMD_ARGS"] = f"--threads {threads}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:search_api.gunicorn_conf",
-        "--access-logfile",
-        "/dev/null",
-    ]
+    cmd = [sys.executable, "-m", "gunicorn", "-c", conf, "--access-logfile", "/dev/null"]
     cmd.append("search_api:create_app()")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
@@ -301,6 +298,12 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     ap.add_argument("--workers", type=int, default=None, help="API workers / batching lanes (default: cores)")
     ap.add_argument(
+        "--lanes", type=int, default=None, help="FAISS layer: batching lanes (default: --workers)"
+    )
+    ap.add_argument(
+        "--batch-threads", type=int, default=1, help="FAISS layer: FAISS threads per batched call"
+    )
+    ap.add_argument(
         "--threads", type=int, default=None, help="gunicorn threads per worker (default: its config)"
     )
     ap.add_argument("--skip-http", action="store_true")
@@ -309,11 +312,13 @@ def main() -> None:
 
     cores = len(os.sched_getaffinity(0))
     workers = args.workers or cores
+    lanes = args.lanes or workers
     clients = [int(c) for c in args.clients.split(",")]
-    results: dict = {"machine_before": machine(), "workers": workers, "k": K}
-    results["faiss"] = faiss_layer(
-        [int(s) for s in args.sizes.split(",")], clients, args.rounds, args.duration, workers
-    )
+    results: dict = {
+        "machine_before": machine(), "workers": workers, "lanes": lanes, "batch_threads": args.batch_threads, "k": K,
+    }  # fmt: skip
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results["faiss"] = faiss_layer(sizes, clients, args.rounds, args.duration, lanes, args.batch_threads)
     if not args.skip_http:
         log = Path(os.environ.get("TMPDIR", "/tmp")) / "imgrec-bench-api.log"
         results["http"] = http_layer(

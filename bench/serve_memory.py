@@ -55,6 +55,18 @@ import encoder, indexer, search_api, search_api.engine, search_api.search  # noq
 """
 
 
+def cpu_seconds(proc: subprocess.Popen) -> dict:
+    """CPU seconds (user + system) the master and each worker have used so far."""
+    import psutil
+
+    master = psutil.Process(proc.pid)
+    workers = [sum(p.cpu_times()[:2]) for p in master.children(recursive=True)]
+    return {
+        "cpu_master_s": sum(master.cpu_times()[:2]),
+        "cpu_per_worker_s": sum(workers) / max(1, len(workers)),
+    }
+
+
 def measure(index_dir: Path, mmap: bool, workers: int, log: Path, preload_dir: Path | None = None) -> dict:
     import requests
 
@@ -62,6 +74,7 @@ def measure(index_dir: Path, mmap: bool, workers: int, log: Path, preload_dir: P
     proc, url = start_api(index_dir, log, workers, IMGREC_MMAP="1" if mmap else "0", **extra)
     try:
         first, all_ready = wait_ready(proc, url, workers)
+        cpu = cpu_seconds(proc)  # load-independent: CPU the start-up cost, whatever the wall clock
         body = query_jpeg()
 
         def post(j: int) -> None:
@@ -76,6 +89,7 @@ def measure(index_dir: Path, mmap: bool, workers: int, log: Path, preload_dir: P
             "preload_imports": bool(preload_dir),
             "ready_first_s": first,
             "ready_all_s": all_ready,
+            **cpu,
             **memory(proc),
         }
     finally:
@@ -158,6 +172,8 @@ def main() -> None:
                 "copies": (pss - base) / one_copy_mb if name != "baseline" else None,
                 "ready_first": median([m["ready_first_s"] for m in ms]),
                 "ready_all": median([m["ready_all_s"] for m in ms]),
+                "cpu_master": median([m["cpu_master_s"] for m in ms]),
+                "cpu_worker": median([m["cpu_per_worker_s"] for m in ms]),
             }
         )
     results["summary"] = rows
@@ -176,6 +192,8 @@ def main() -> None:
                 ("copies", "copies of vectors", ".2f"),
                 ("ready_first", "first /readyz s", ".2f"),
                 ("ready_all", "all workers s", ".2f"),
+                ("cpu_master", "master CPU s", ".2f"),
+                ("cpu_worker", "CPU s per worker", ".2f"),
             ],
         )  # fmt: skip
     )
