@@ -101,6 +101,7 @@ class Snapshot:
     _encoder: Encoder | None = None
     _labels: dict[str, np.ndarray] = field(default_factory=dict)
     _item_cache: dict[int, ItemInfo] = field(default_factory=dict)
+    _label_counts: dict[str, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -182,14 +183,18 @@ class Snapshot:
             return self._labels[label]
 
     def labels(self) -> dict[str, int]:
-        """Label -> number of live items."""
+        """Label -> number of live items (counted once per snapshot: a GROUP BY over every item)."""
         from sqlalchemy import func
 
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(Item.label, func.count()).where(Item.deleted_generation.is_(None)).group_by(Item.label)
-            ).all()
-        return {label: n for label, n in rows}
+        if self._label_counts is None:
+            with Session(self.engine) as session:
+                rows = session.execute(
+                    select(Item.label, func.count())
+                    .where(Item.deleted_generation.is_(None))
+                    .group_by(Item.label)
+                ).all()
+            self._label_counts = {label: n for label, n in rows}
+        return dict(self._label_counts)
 
     def image_path(self, item: ItemInfo) -> Path:
         """Where the item's image is: always inside the inventory root (paths come from the catalog)."""
