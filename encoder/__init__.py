@@ -16,7 +16,7 @@ from encoder.preprocess import (
 )
 from encoder.pretrained import PRESETS as PRETRAINED_PRESETS
 
-# What `imgrec train --model` accepts, and the default: the best measured on clothing (docs/readme/quality.md).
+# What `imgrec train --model` accepts, and the default: the best measured on clothing (README, "Retrieval quality").
 TRAINABLE_MODELS: list[str] = [*MODELS, *PRETRAINED_PRESETS]
 DEFAULT_MODEL: str = "effnet-lite0-pca"
 

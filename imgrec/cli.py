@@ -11,7 +11,7 @@ from pathlib import Path
 
 # Before torch/FAISS load OpenMP (imported below): threads waiting at a barrier sleep instead of
 # spinning. On a busy or shared machine spinning made 2-thread forward passes 3-4x slower than 1
-# thread (docs/readme/performance.md). An explicit OMP_WAIT_POLICY in the environment wins.
+# thread (README, "Performance"). An explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402

@@ -87,7 +87,7 @@ def search(
     # faiss scans query by query while nq * d < distance_compute_blas_threshold (128000 by default:
     # 1000 queries at d=128), else runs one BLAS product per block of vectors. From about 4 queries
     # the product is faster (1M x 128, one thread, 32 queries: ~5x the queries/s of the scan), which
-    # is what makes micro-batched queries pay (docs/readme/performance.md). Process-wide setting.
+    # is what makes micro-batched queries pay (README, "Performance"). Process-wide setting.
     faiss.cvar.distance_compute_blas_threshold = BLAS_MIN_QUERIES * index.d
     if allowed_ids is not None:
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))

@@ -3,7 +3,7 @@
 `decode_file` never raises for a bad file: it returns a `Decoded` whose `outcome` says what
 happened. `embed_files` runs decoding on a thread pool (Pillow releases the GIL while decoding and
 resizing) in a producer thread that fills a bounded queue of ready batches, while the caller's
-thread runs batched encoder forward passes: decoding and embedding overlap (docs/readme/performance.md).
+thread runs batched encoder forward passes: decoding and embedding overlap (README, "Performance").
 """
 
 from __future__ import annotations

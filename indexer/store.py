@@ -273,7 +273,7 @@ def live_item_ids(session: Session) -> np.ndarray:
     """Ids of the catalog's live items, sorted (int64).
 
     On SQLite, one aggregated string parsed by numpy: ~20x faster than a million row objects
-    (1M items: 0.5 s instead of 8 s; docs/readme/performance.md).
+    (1M items: 0.5 s instead of 8 s; README, "Performance").
     """
     if session.get_bind().dialect.name == "sqlite":
         joined = session.execute(
