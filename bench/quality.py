@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOTHING = ROOT.parent / "shared" / "datasets" / "clothing-small"
-MODELS = ["simple-ae", "conv-ae", "res-ae", "effnet-lite0", "effnet-lite0-pca"]
+MODELS = ["simple-ae", "conv-ae", "res-ae", "effnet-lite0", "effnet-lite0-pca", "effnet-lite02-pca"]
 NOVELTY_ONLY_FIT = 400  # the pooled model's reducer only serves novelty: fitted on a sample
 
 sys.path.insert(0, str(ROOT))

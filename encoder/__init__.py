@@ -18,7 +18,7 @@ from encoder.pretrained import PRESETS as PRETRAINED_PRESETS
 
 # What `imgrec train --model` accepts, and the default: the best measured on clothing (README, "Retrieval quality").
 TRAINABLE_MODELS: list[str] = [*MODELS, *PRETRAINED_PRESETS]
-DEFAULT_MODEL: str = "effnet-lite0-pca"
+DEFAULT_MODEL: str = "effnet-lite02-pca"
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -47,7 +47,7 @@ BACKBONES = {
 
 @dataclass
 class PretrainedConfig:
-    backbone: str = "efficientnet-lite0"  # one of BACKBONES
+    backbone: str = "efficientnet-lite0"  # one of BACKBONES, or several joined by "+" (an ensemble)
     image_size: int = 224  # square input side
     resize: str = "center-crop"  # center-crop (measured +0.03 P@5 on clothing) | squash
     gem_p: float = 3.0  # GeM pooling exponent (1 = average pooling)
@@ -64,6 +64,11 @@ class PretrainedConfig:
 PRESETS: dict[str, PretrainedConfig] = {
     "effnet-lite0-pca": PretrainedConfig(),
     "effnet-lite0": PretrainedConfig(code_dim=None),
+    # the default, best measured on clothing (P@5 0.802): two backbones at 260 px, PCA to 64-d; ~2.5x the
+    # indexing time of effnet-lite0-pca (P@5 0.777)
+    "effnet-lite02-pca": PretrainedConfig(
+        backbone="efficientnet-lite0+efficientnet-lite2", image_size=260, code_dim=64
+    ),
 }
 
 
@@ -79,6 +84,21 @@ def weights_path(backbone: str) -> Path:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     package, cls_name = BACKBONES[backbone]
     return Path(getattr(importlib.import_module(package), cls_name).get_model_file_path())
+
+
+def backbone_names(spec: str) -> list[str]:
+    """ "efficientnet-lite0+efficientnet-lite2" -> both names (validated)."""
+    names = spec.split("+")
+    for name in names:
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    return names
+
+
+def backbone_sha256(spec: str) -> str:
+    """sha256 of the weights file (one backbone), or over the files' sha256s (several)."""
+    shas = [file_sha256(weights_path(name)) for name in backbone_names(spec)]
+    return shas[0] if len(shas) == 1 else hashlib.sha256("+".join(shas).encode()).hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -138,23 +158,32 @@ class GeM(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """Backbone trunk (batch norm folded, channels_last) and GeM pooling -> (B, C) features."""
+    """Backbone trunk(s) (batch norm folded, channels_last) and GeM pooling -> (B, C) features.
+
+    `cfg.backbone` may name several backbones joined by "+": each one's pooled features are
+    L2-normalised and concatenated (an ensemble; the reducer then fits the joint space).
+    """
 
     def __init__(self, cfg: PretrainedConfig):
         super().__init__()
-        self.backbone = fold_batch_norm(load_backbone(cfg.backbone, cfg.image_size))
-        self.backbone._fc = nn.Identity()  # classifier unused
-        self.backbone.to(memory_format=torch.channels_last)
+        self.trunks = nn.ModuleList()
+        for name in backbone_names(cfg.backbone):
+            trunk = fold_batch_norm(load_backbone(name, cfg.image_size))
+            trunk._fc = nn.Identity()  # classifier unused
+            self.trunks.append(trunk.to(memory_format=torch.channels_last))
         self.pool = GeM(cfg.gem_p)
         self.flip = cfg.flip
         self.eval()
 
+    def _pooled(self, trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        f = self.pool(trunk.extract_features(x))  # (B, C)
+        if self.flip:
+            f = (f + self.pool(trunk.extract_features(x.flip(3)))) / 2
+        return F.normalize(f, dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
-        f = self.pool(self.backbone.extract_features(x))  # (B, C)
-        if self.flip:
-            f = (f + self.pool(self.backbone.extract_features(x.flip(3)))) / 2
-        return F.normalize(f, dim=1)
+        return F.normalize(torch.cat([self._pooled(t, x) for t in self.trunks], dim=1), dim=1)  # (B, sum C)
 
 
 # -- reducer ---------------------------------------------------------------------------------------
@@ -216,7 +245,7 @@ class PretrainedEncoder(Encoder):
         self.fingerprint = fingerprint
         self.cfg = PretrainedConfig.from_dict(config["pretrained"])
         expected = config["backbone_sha256"]
-        actual = file_sha256(weights_path(self.cfg.backbone))
+        actual = backbone_sha256(self.cfg.backbone)
         if actual != expected:
             raise ValueError(
                 f"installed {self.cfg.backbone} weights (sha256 {actual[:12]}) differ from the ones this model "
@@ -354,7 +383,7 @@ def fit_pretrained(
         "kind": KIND,
         "name": name,
         "pretrained": asdict(cfg),
-        "backbone_sha256": file_sha256(weights_path(cfg.backbone)),
+        "backbone_sha256": backbone_sha256(cfg.backbone),
         "preprocess": pre.to_dict(),
         "code_dim": int(n_components if cfg.code_dim else X.shape[1]),
         "feature_dim": int(X.shape[1]),

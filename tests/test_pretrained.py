@@ -16,6 +16,7 @@ from encoder.pretrained import (
     PretrainedConfig,
     PretrainedEncoder,
     Reducer,
+    backbone_names,
     fit_pca,
     fit_pretrained,
     fold_batch_norm,
@@ -114,3 +115,18 @@ def test_a_small_inventory_gets_a_smaller_code(fitted: tuple[Path, Path, Path], 
     # 8 images: 1 held out, folds of 2 -> the smallest fitting set has 6 images -> at most 5 components
     assert config["code_dim"] == 5
     assert load_encoder(tmp_path / "m").dim == 5
+
+
+def test_an_ensemble_of_two_backbones_fits_and_embeds(tmp_path: Path):
+    """Lite0 + Lite2 (both loaded strictly): concatenated unit features, one reducer over them."""
+    inventory, _ = make_catalog(tmp_path / "catalog", per_class=3, queries_per_class=0, seed=2, size=64)
+    cfg = PretrainedConfig(backbone="efficientnet-lite0+efficientnet-lite2", image_size=64, code_dim=8)
+    fit_pretrained(find_images(inventory), tmp_path / "model", cfg, "ensemble-test", val_fraction=0.2)
+    enc = load_encoder(tmp_path / "model")
+    assert enc.dim == 8 and len(enc.extractor.trunks) == 2
+    x = np.stack([enc.preprocess.to_array(load_image(p)) for p in find_images(inventory)[:2]])
+    f = enc.features(torch.from_numpy(x))
+    assert f.shape == (2, 2 * 1280) and torch.allclose(f.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert enc.embed(x).shape == (2, 8)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        backbone_names("efficientnet-lite0+resnet50")
