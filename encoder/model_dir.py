@@ -29,12 +29,23 @@ class ModelDirError(ValueError):
     """A model directory is missing, incomplete or does not match its fingerprint."""
 
 
+def _update_from_file(h, path: str | Path) -> None:  # noqa: ANN001 - a hashlib object
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    _update_from_file(h, path)
+    return h.hexdigest()
+
+
 def fingerprint(weights_path: Path, config: dict) -> str:
     """sha256 over the weights file's bytes and the canonical JSON of the config."""
     h = hashlib.sha256()
-    with open(weights_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    _update_from_file(h, weights_path)
     h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
 

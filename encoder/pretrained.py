@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from encoder.embedder import Encoder, register_kind
-from encoder.model_dir import save_model_dir
+from encoder.model_dir import file_sha256, save_model_dir
 from encoder.novelty import NOVELTY_KEY, novelty_reference
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError, Preprocess, load_image
 
@@ -99,14 +99,6 @@ def backbone_sha256(spec: str) -> str:
     """sha256 of the weights file (one backbone), or over the files' sha256s (several)."""
     shas = [file_sha256(weights_path(name)) for name in backbone_names(spec)]
     return shas[0] if len(shas) == 1 else hashlib.sha256("+".join(shas).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_backbone(backbone: str, image_size: int = 224) -> nn.Module:

@@ -56,14 +56,6 @@ class Decoded:
     height: int = 0
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def decode_file(file: ScannedFile, pre: Preprocess, limits: IngestLimits | None = None) -> Decoded:
     """Read, hash and decode one file; any failure becomes an outcome with a reason."""
     limits = limits or IngestLimits()

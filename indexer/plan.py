@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from encoder.model_dir import file_sha256
 from indexer.db import Item, LedgerEntry
-from indexer.ingest import file_sha256
 from indexer.scan import ScannedFile
 
 

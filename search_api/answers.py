@@ -51,3 +51,8 @@ def item(info: ItemInfo) -> dict:
         "sha256": info.sha256,
         **links(info.id),
     }
+
+
+def header(gen: GenerationInfo, args: dict) -> dict:
+    """Fields every search answer carries: which index answered, and how to read scores."""
+    return {"index": index_info(gen), "score_kind": gen.score_kind, "k": args["k"], "label": args["label"]}

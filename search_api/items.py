@@ -116,12 +116,8 @@ def get_similar(item_id: int, args: dict) -> dict:
     with get_engine().snapshot() as snap:
         info = get_item_or_404(snap, item_id)
         hits, lookup_ms, search_ms = get_engine().similar(snap, item_id, **search_kwargs(args))
-        gen = snap.generation
         return {
-            "index": answers.index_info(gen),
-            "score_kind": gen.score_kind,
-            "k": args["k"],
-            "label": args["label"],
+            **answers.header(snap.generation, args),
             "item": answers.item(info),
             "results": [answers.result(h) for h in hits],
             "timings": {

@@ -41,7 +41,7 @@ def search(args: dict, upload: object) -> dict:
         decoded = time.perf_counter()
         (answer,) = get_engine().search(snap, pixels[None], **search_kwargs(args))
         return {
-            **common(snap, args),
+            **answers.header(snap.generation, args),
             "query": query,
             "batch_size": answer.batch_size,
             **answer_body(answer, (decoded - t0) * 1000, t0),
@@ -89,7 +89,11 @@ def search_batch(args: dict, upload: object) -> dict:
             results = get_engine().search(snap, np.stack([p for _, p, _ in good]), **search_kwargs(args))
             for (entry, _, decode_ms), answer in zip(good, results, strict=True):
                 entry.update(answer_body(answer, decode_ms, t0))
-        return {**common(snap, args), "answers": entries, "total_ms": (time.perf_counter() - t0) * 1000}
+        return {
+            **answers.header(snap.generation, args),
+            "answers": entries,
+            "total_ms": (time.perf_counter() - t0) * 1000,
+        }
 
 
 class _EmptyImage(ValueError):
@@ -137,17 +141,6 @@ def decode(data: bytes, filename: str | None, snap: Snapshot) -> tuple[np.ndarra
     img = load_image(data, draft_size=pre.image_size, max_pixels=int(current_app.config["MAX_PIXELS"]))
     width, height = img.info["original_size"]
     return pre.to_uint8(img), {"filename": filename, "width": width, "height": height}
-
-
-def common(snap: Snapshot, args: dict) -> dict:
-    """Fields every search answer carries: which index answered, and how to read scores."""
-    gen = snap.generation
-    return {
-        "index": answers.index_info(gen),
-        "score_kind": gen.score_kind,
-        "k": args["k"],
-        "label": args["label"],
-    }
 
 
 def answer_body(answer: Answer, decode_ms: float, t0: float) -> dict:
