@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "INDEX": None,  # index dir (IMGREC_INDEX); default: <instance folder>/index
     "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request body; larger -> 413
     "MAX_PIXELS": 25_000_000,  # declared pixels per query image; larger -> 422
+    "MAX_JPEG_SCANS": 100,  # scans per JPEG (each a pass over the image); more -> 422
     "DEFAULT_K": 10,
     "MAX_K": 100,  # k is 1..MAX_K
     "MAX_BATCH_IMAGES": 32,  # images per /v1/search/batch request
