@@ -20,7 +20,7 @@ bp = APIBlueprint("search", __name__, url_prefix="/v1/search", tag="Search")
 RAW_TYPES = ("image/", "application/octet-stream")
 UPLOAD_ERRORS = {
     400: "No image, an empty one, or a bad `k`.",
-    413: "Request body over the configured limit.",
+    413: "Request body over the configured limit, or a multipart form over its limits (parts, field size).",
     415: "Not a decodable image (text, truncated, corrupt) or not an image content type.",
     422: "Decompression bomb, more pixels than the configured limit, or a JPEG with more scans than allowed.",
     503: "No index loaded yet.",

@@ -460,6 +460,17 @@ def test_too_many_multipart_parts_says_so(hostile_api, gunicorn_url):
     )
 
 
+def test_a_huge_non_file_field_says_so(hostile_api):
+    body = multipart([("image", None, b"x" * 600_000)])  # curl -F 'image=<file': a field, not a file
+    r = requests.post(
+        f"{hostile_api.base_url}/v1/search",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=hostile-boundary"},
+        timeout=60,
+    )
+    assert "without a file name is over 500,000 bytes" in assert_error(r, 413)["message"]
+
+
 # --- item 9: decoding has a work bound --------------------------------------------------------
 
 
