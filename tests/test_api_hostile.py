@@ -284,6 +284,21 @@ def test_symlinks_that_stay_inside_the_inventory_are_served(hostile, hostile_api
         assert hostile_api.get(f"/v1/items/{hostile.ids[path]}/thumbnail").status_code == 200
 
 
+def test_image_from_a_descriptor_keeps_conditional_and_range_requests(hostile, hostile_api):
+    item = hostile.ids["names/plain-name.jpg"]
+    data = (hostile.inventory / "names" / "plain-name.jpg").read_bytes()
+    full = hostile_api.get(f"/v1/items/{item}/image")
+    assert full.content == data and int(full.headers["Content-Length"]) == len(data)
+    assert full.headers["Accept-Ranges"] == "bytes" and full.headers["ETag"]
+    again = hostile_api.get(f"/v1/items/{item}/image", headers={"If-None-Match": full.headers["ETag"]})
+    assert again.status_code == 304 and not again.content
+    part = hostile_api.get(f"/v1/items/{item}/image", headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == data[10:20]
+    assert_error(
+        hostile_api.get(f"/v1/items/{item}/image", headers={"Range": f"bytes={len(data) + 5}-"}), 416
+    )
+
+
 def test_open_beneath_on_real_files(tmp_path):
     from search_api.files import open_beneath
 
