@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from apiflask import APIFlask, abort
 from flask import Request, current_app, request
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 from werkzeug.utils import cached_property
@@ -63,7 +64,7 @@ class FormParser(FormDataParser):
 
     def parse(
         self, stream: IO[bytes], mimetype: str, content_length: int | None, options: dict | None = None
-    ):
+    ) -> tuple[Any, MultiDict, MultiDict]:
         if mimetype != "multipart/form-data":
             return super().parse(stream, mimetype, content_length, options)
         reader = _CountingReader(stream, (options or {}).get("boundary", "").encode("latin-1"))
@@ -80,14 +81,15 @@ class FormParser(FormDataParser):
         except RequestEntityTooLarge:
             for f in opened:
                 f.close()
-            # one delimiter per part plus the closing one: past the part limit whichever limit fired
+            # a delimiter opens each part (and one closes the form): more than the part limit were read
             if self.max_form_parts is not None and reader.delimiters > self.max_form_parts:
                 raise FormLimitError(
                     f"more than {self.max_form_parts:,} multipart parts; "
                     f"send at most {current_app.config['MAX_BATCH_IMAGES']} images, and few other fields"
                 ) from None
-            if self.max_content_length is not None and reader.bytes_read >= self.max_content_length:
-                raise  # the body itself is over the limit
+            limit = self.max_content_length
+            if content_length is None and limit is not None and reader.bytes_read >= limit:
+                raise  # a streamed body over the limit (one with a length was refused before parsing)
             raise FormLimitError(
                 f"a multipart field without a file name is over {self.max_form_memory_size:,} bytes; "
                 "send images as file parts (with a file name)"

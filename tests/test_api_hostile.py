@@ -448,6 +448,7 @@ def test_chunked_upload_over_the_limit_is_413_not_cut(gunicorn_url):
     )  # fmt: skip
     raw = raw_request(gunicorn_url, head, chunked(form))
     assert raw.status == 413 and raw.is_json_error, (raw.status, raw.body[:300])
+    assert f"{BODY_LIMIT:,}" in raw.json()["message"]  # the body's limit, not a form limit
 
 
 def test_chunked_upload_at_the_limit_is_searched(gunicorn_url):
