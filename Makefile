@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test compose-check lint bench clean
 
 $(BIN)/imgrec: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The real docker compose run (needs a Docker engine; docs/deployment.md). Images are kept for a
+# warm next run; COMPOSE_CHECK_ARGS=--remove-images removes them.
+compose-check: install
+	$(BIN)/python scripts/compose_check.py $(COMPOSE_CHECK_ARGS)
 
 bench: install
 	$(BIN)/python bench/index_throughput.py
