@@ -2,12 +2,17 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# CPU-only torch (constraints.txt pins the version): PyTorch's own index, unless a torch wheel is
+# already at hand locally (pip's find-links). `make install TORCH_INDEX_URL=...` for a mirror.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install demo test compose-check lint bench clean
 
 $(BIN)/imgrec: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-index --no-deps -c constraints.txt torch 2>/dev/null \
+	  || $(BIN)/python -m pip install --quiet --extra-index-url $(TORCH_INDEX_URL) -c constraints.txt torch
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
@@ -15,6 +20,12 @@ install: $(BIN)/imgrec
 
 demo: install
 	$(BIN)/imgrec demo --out demo-out
+	@echo
+	@echo "Next steps (imgrec is in $(VENV)/bin, not on PATH: run it as $(BIN)/imgrec, or first: source $(BIN)/activate)"
+	@echo "  $(BIN)/imgrec serve --index demo-out/index       # then open http://127.0.0.1:8000/"
+	@echo "  $(BIN)/imgrec serve --index demo-out/index --host 0.0.0.0   # phones on this network: http://<this machine's address>:8000/"
+	@echo "  $(BIN)/imgrec query demo-out/catalog/queries --index demo-out/index"
+	@echo "  $(BIN)/imgrec --help"
 
 test: install
 	$(BIN)/ruff check .

@@ -302,7 +302,8 @@ def main() -> int:
     parser.add_argument("--project", default=f"imgrec-check-{os.getpid()}", help="compose project name")
     parser.add_argument("--model", default="", help="IMGREC_TRAIN_MODEL (empty: the default model)")
     parser.add_argument("--remove-images", action="store_true", help="remove the built images at the end")
-    parser.add_argument("--results", type=Path, help="write the times and figures to this JSON file")
+    parser.add_argument("--results", type=Path, help="add the times and figures to this JSON file")
+    parser.add_argument("--label", default="run", help="their key in that file, e.g. cold / warm")
     args = parser.parse_args()
     if (
         shutil.which("docker") is None
@@ -319,24 +320,8 @@ def main() -> int:
     times["total"] = round(time.monotonic() - t0, 1)
     print(f"compose-check: passed in {times['total']} s")
     if args.results:
-        write_results(args.results, times, figures)
+        slow_clients.record(args.results, args.label, {"seconds": times, **figures})
     return 0
-
-
-def write_results(path: Path, times: dict[str, float], figures: dict) -> None:
-    import datetime
-
-    from bench._common import machine
-
-    record = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "seconds": times,
-        "figures": figures,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

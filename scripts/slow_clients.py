@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of ordinary searches")
     parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per search")
     parser.add_argument("--concurrency", type=int, default=2, help="ordinary searches at a time")
+    parser.add_argument("--record", type=Path, help="add the figures to this JSON file (bench/results/...)")
+    parser.add_argument("--label", default="run", help="their key in that file, e.g. before / after")
     args = parser.parse_args()
     figures = run(
         args.base_url.rstrip("/"),
@@ -168,6 +170,27 @@ def main() -> None:
         concurrency=args.concurrency,
     )
     print(json.dumps(asdict(figures), indent=2))
+    if args.record:
+        record(args.record, args.label, asdict(figures))
+
+
+def record(path: Path, label: str, figures: dict) -> None:
+    """Add `figures` under `label` to a results file, with the date, the machine and the command."""
+    import datetime
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench._common import machine
+
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[label] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": " ".join(["python", *sys.argv]),
+        "figures": figures,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
