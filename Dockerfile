@@ -10,7 +10,8 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 LABEL imgrec.stage=build
-# CPU-only torch wheels live on PyTorch's own index; constraints.txt pins the version.
+# CPU-only torch from PyTorch's index alone (PyPI's Linux torch is the CUDA build); its dependencies
+# from PyPI. constraints.txt pins the version.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -20,7 +21,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # torch first, in its own layer: it is the big one and changes least
 COPY constraints.txt ./
-RUN pip install --no-cache-dir --extra-index-url "$TORCH_INDEX_URL" -c constraints.txt torch
+RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" --no-deps -c constraints.txt torch \
+    && pip install --no-cache-dir -c constraints.txt torch
 COPY pyproject.toml README.md alembic.ini ./
 COPY encoder ./encoder
 COPY indexer ./indexer

@@ -2,8 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# CPU-only torch (constraints.txt pins the version): PyTorch's own index, unless a torch wheel is
-# already at hand locally (pip's find-links). `make install TORCH_INDEX_URL=...` for a mirror.
+# CPU-only torch (constraints.txt pins the version): a torch wheel at hand locally (pip's find-links),
+# else from PyTorch's CPU index alone, never from PyPI (whose Linux torch is the multi-GB CUDA build).
+# `make install TORCH_INDEX_URL=...` for a mirror of that index.
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install demo test compose-check lint bench clean
@@ -12,7 +13,7 @@ $(BIN)/imgrec: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --no-index --no-deps -c constraints.txt torch 2>/dev/null \
-	  || $(BIN)/python -m pip install --quiet --extra-index-url $(TORCH_INDEX_URL) -c constraints.txt torch
+	  || $(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX_URL) --no-deps -c constraints.txt torch
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 

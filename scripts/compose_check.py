@@ -78,10 +78,10 @@ class Stack:
             self.files += ["-f", str(override)]
 
     def compose(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 900
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 900, project: str | None = None
     ) -> subprocess.CompletedProcess:
         """`docker compose -p PROJECT ... ARGS`; output to the log (and returned)."""
-        argv = ["docker", "compose", "-p", self.project, *self.files, *args]
+        argv = ["docker", "compose", "-p", project or self.project, *self.files, *args]
         with open(self.log, "a") as log:
             log.write(f"\n$ {' '.join(argv)}\n")
         result = subprocess.run(
@@ -100,6 +100,27 @@ class Stack:
         self.compose(
             "--profile", "dask", "down", "--volumes", "--remove-orphans", "--timeout", "10", timeout=300
         )
+
+
+def image_id(tag: str) -> str | None:
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True
+    )
+    return result.stdout.strip() or None
+
+
+def build_images(stack: Stack) -> None:
+    """`docker compose build` under one project name for every run (compose labels images with the
+    project: a name per run would make a new image each time); the image it replaces is removed."""
+    before = {tag: image_id(tag) for tag in (IMAGE, PROXY_IMAGE)}
+    result = stack.compose("build", timeout=1800, project="imgrec-compose-check")
+    check(
+        result.returncode == 0,
+        f"docker compose build failed (is TORCH_INDEX_URL={stack.env['TORCH_INDEX_URL']} reachable?):\n{tail(result)}",
+    )
+    for tag, old in before.items():
+        if old and old != image_id(tag):
+            subprocess.run(["docker", "rmi", old], capture_output=True, check=False)  # fails if still in use
 
 
 def tail(result: subprocess.CompletedProcess, n: int = 30) -> str:
@@ -188,7 +209,7 @@ def run_check(args: argparse.Namespace, work: Path, times: dict[str, float], fig
     step = Steps(times)
     try:
         with step("build"):
-            stack.ok("build", timeout=1800)
+            build_images(stack)
 
         with step("empty inventory refused"):
             empty = work / "empty"
