@@ -12,7 +12,8 @@ the end, also on failure); the images are kept for a warm next run unless --remo
 3. `docker compose up -d --wait` on a generated inventory (imgrec.synthetic): train fits the default
    model, the indexer builds the index, the api gets healthy, then the proxy;
 4. a search over HTTP through the proxy finds the query's class and an inventory image itself;
-5. errors the proxy answers itself (413, 414, 431) are `{error, message}` JSON;
+5. errors the proxy answers itself (413, 414, 431) are `{error, message}` JSON; nothing gets past it
+   to gunicorn's own HTML errors (500 headers are served, 3,000 get the proxy's 431);
 6. 32 slow uploads (a byte every 5 s) in flight while ordinary searches run: every one succeeds;
 7. the inventory changes (images added and removed) and the indexer runs again on the dask profile's
    scheduler and worker; the running api serves the new generation (new images found, removed ones gone);
@@ -161,9 +162,12 @@ def proxy_errors(base: str) -> dict[int, dict]:
     head, _, body = raw.partition(b"\r\n\r\n")
     check(head.split()[1] == b"413" and b"application/json" in head, f"a 1 GB upload got {head!r}")
     answers = {413: json.loads(body)}
+    many = {f"X-Header-{i}": "1" for i in range(500)}  # past gunicorn's default 100 fields, which is lifted
+    check(requests.get(f"{base}/readyz", headers=many, timeout=30).status_code == 200, "500 headers refused")
     for status, kw in (
         (414, {"url": f"{base}/{'a' * 9000}"}),
         (431, {"url": f"{base}/readyz", "headers": {"X-Big": "a" * 9000}}),
+        (431, {"url": f"{base}/readyz", "headers": {f"X-Header-{i}": "1" for i in range(3000)}}),
     ):
         r = requests.get(timeout=30, **kw)
         check(r.status_code == status, f"expected {status}, got {r.status_code}: {r.text[:200]}")
