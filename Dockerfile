@@ -9,7 +9,6 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
-LABEL imgrec.stage=build
 # CPU-only torch from PyTorch's index alone (PyPI's Linux torch is the CUDA build); its dependencies
 # from PyPI. constraints.txt pins the version.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
