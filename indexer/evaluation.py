@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from encoder import Encoder, ImageDecodeError, ImageTooLargeError, Preprocess, load_image
-from encoder.train import find_images
+from encoder.images import find_images
 from indexer import faiss_index
 from indexer.db import Generation, Item, open_database
 from indexer.store import Snapshot, open_snapshot
