@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from encoder.config import AutoencoderModelConfig, config_to_dict, parse_model_config
+from encoder.config import AutoencoderModelConfig, ModelDirError, config_to_dict, parse_model_config
 from encoder.embedder import Encoder, TorchThreads
 from encoder.models import build_model
 from encoder.runtime import configured_threads
@@ -24,9 +24,13 @@ class AutoencoderEncoder(TorchThreads, Encoder):
         self.fingerprint = fingerprint
         self.preprocess = typed.preprocess
         self.model = build_model(typed.model)
-        self.model.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=True
-        )
+        try:
+            self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
+        except RuntimeError as e:  # strict: every key used, none missing, shapes equal
+            raise ModelDirError(
+                f"{typed.model.arch}: the weights do not fit the architecture in config.json; "
+                "retrain with `imgrec train`"
+            ) from e
         self.model.eval()
         self.dim = typed.code_dim
         if (n := configured_threads()) is not None:  # set at the entry point before torch was loaded

@@ -48,6 +48,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderConfig:
+        _require_object(d, "model")
         known = {k: d[k] for k in ("arch", "image_size", "code_dim", "filters", "width") if k in d}
         if "filters" in known:
             known["filters"] = tuple(known["filters"])
@@ -71,6 +72,7 @@ class PretrainedConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PretrainedConfig:
+        _require_object(d, "pretrained")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -270,6 +272,11 @@ def parse_model_config(d: dict, source: str = "model config") -> ModelConfig:
         raise ModelDirError(
             f"{source}: not a valid {kind} model config (version {version}, {what}): retrain with `imgrec train`"
         ) from e
+
+
+def _require_object(d: object, name: str) -> None:
+    if not isinstance(d, dict):
+        raise TypeError(f"{name!r} must be an object, got {type(d).__name__}")
 
 
 def _novelty(d: dict) -> NoveltyReference | None:
