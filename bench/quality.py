@@ -153,6 +153,8 @@ def main() -> int:
             rows.append({**row.pop("baseline"), "dim": 3 * args.baseline_size**2})
         rows.append(row)
         print(json.dumps(row), flush=True)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps({**results, "partial": True}, indent=2) + "\n")  # as it goes
     chance = rows[-1]["chance"]
     rows.append({"model": "chance (class prior)", **{m: chance for m in ("P@1", "P@5", "P@10", "mAP@10")}})
     results["machine_after"] = machine()
