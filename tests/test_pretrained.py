@@ -64,7 +64,9 @@ def trunk_configs() -> list[PretrainedConfig]:
     ensemble graph (the same code path as each preset's own), once per distinct pooling and flip setting."""
     backbones = sorted({b for p in PRETRAINED_PRESETS.values() for b in backbone_names(p.backbone)})
     settings = sorted({(p.gem_p, p.flip) for p in PRETRAINED_PRESETS.values()})
-    return [PretrainedConfig(backbone="+".join(backbones), gem_p=g, flip=f, image_size=TINY) for g, f in settings]
+    return [
+        PretrainedConfig(backbone="+".join(backbones), gem_p=g, flip=f, image_size=TINY) for g, f in settings
+    ]
 
 
 @pytest.mark.parametrize("cfg", trunk_configs(), ids=lambda c: f"p{c.gem_p}-flip{int(c.flip)}")
@@ -199,7 +201,9 @@ def test_a_model_dir_written_before_graphs_still_loads(fitted: tuple[Path, Path,
     new = json.loads((model_dir / "config.json").read_text())
     old = {k: new[k] for k in ("kind", "name", "backbone_sha256", "preprocess", "code_dim", "feature_dim",
                                "novelty_reference", "training")}  # fmt: skip
-    old["pretrained"] = {k: v for k, v in new["pretrained"].items() if k not in ("reducer", "runtime", "quantize")}
+    old["pretrained"] = {
+        k: v for k, v in new["pretrained"].items() if k not in ("reducer", "runtime", "quantize")
+    }
     save_model_dir(tmp_path / "v1", load_file(model_dir / "model.safetensors"), old)
     enc_v1, enc_v2 = load_encoder(tmp_path / "v1"), load_encoder(model_dir)
     assert enc_v1.model_config.version == 2 and enc_v1.model_config.runtime == "torch"
@@ -207,3 +211,63 @@ def test_a_model_dir_written_before_graphs_still_loads(fitted: tuple[Path, Path,
     x = np.stack([enc_v1.preprocess.to_array(load_image(p)) for p in find_images(inventory)[:3]])
     a, b = enc_v1.embed(x), enc_v2.embed(x)
     assert np.allclose(a, b, atol=2e-3)
+
+
+def test_index_reuses_the_features_train_kept(fitted: tuple[Path, Path, Path], tmp_path: Path):
+    """Files `train` extracted are neither decoded nor embedded again; a changed or new file is; same vectors."""
+    import shutil
+
+    from encoder.model_dir import model_files
+    from imgrec.synthetic import CLASSES, draw_item
+    from indexer import open_snapshot, run_index
+    from indexer.ingest import embed_files
+    from indexer.scan import scan_inventory
+
+    model_dir, inventory, _ = fitted
+    inv = tmp_path / "inventory"
+    shutil.copytree(inventory, inv)
+    changed = sorted(inv.rglob("*.jpg"))[0]
+    shape, color = list(CLASSES.values())[3]
+    draw_item(shape, color, np.random.default_rng(99), 64).save(changed, quality=90)  # new bytes, new sha256
+    draw_item(shape, color, np.random.default_rng(98), 64).save(changed.parent / "new.jpg", quality=90)
+
+    enc = load_encoder(model_dir)
+    assert len(enc.feature_cache) == 36
+    decoded, cached = [], []
+    batches = list(
+        embed_files(
+            scan_inventory(inv),
+            enc,
+            batch_size=8,
+            on_decoded=lambda d: (cached if d.features is not None else decoded).append(d.file.rel_path),
+        )
+    )
+    assert sorted(decoded) == sorted(
+        [changed.relative_to(inv).as_posix(), changed.parent.relative_to(inv).as_posix() + "/new.jpg"]
+    )
+    assert len(cached) == 35 and all(d.width == 64 == d.height for b in batches for d in b.ok)
+    # the same vectors as decoding and embedding every file
+    got = {d.file.rel_path: v for b in batches for d, v in zip(b.ok, b.vectors, strict=True)}
+    pre = enc.preprocess
+    for rel in cached[:5]:
+        want = enc.embed(pre.to_array(load_image(inv / rel))[None])[0]
+        assert np.allclose(got[rel], want, atol=1e-4), rel
+
+    # and through `imgrec index`: an index built without the cache holds the same vectors
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in model_files(model_dir):
+        shutil.copy2(model_dir / name, bare / name)
+    assert load_encoder(bare).feature_cache is None
+    run_index(inv, model_dir, tmp_path / "with-cache")
+    run_index(inv, bare, tmp_path / "without")
+    a, b = open_snapshot(tmp_path / "with-cache"), open_snapshot(tmp_path / "without")
+    try:
+        ids = range(1, 38)  # a new index numbers its items from 1
+        assert a.generation.item_count == b.generation.item_count == 37
+        paths_a = {a.item(int(i)).path: a.vector(int(i)) for i in ids}
+        paths_b = {b.item(int(i)).path: b.vector(int(i)) for i in ids}
+        assert paths_a.keys() == paths_b.keys()
+        assert max(float(np.abs(paths_a[p] - paths_b[p]).max()) for p in paths_a) < 1e-4
+    finally:
+        a.close(), b.close()
