@@ -106,10 +106,13 @@ def write_docs(results: dict, path: Path = DOCS) -> None:
     text = path.read_text()
     start, end = text.index(TABLE_START), text.index(TABLE_END)
     m = results["machine"]
+    partial = (
+        " Partial run: the presets not listed were not measured in it." if results.get("partial") else ""
+    )
     table = (
         f"{TABLE_START}\n{markdown(results['rows'], results['default'])}\n\n"
         f"_Measured {results['date'][:10]} on {m['cores']} cores ({m['cpu']}, load {m['load_average'][0]}), "
-        f"`{results['command']}`._\n"
+        f"`{results['command']}`.{partial}_\n"
     )
     path.write_text(text[:start] + table + text[end:])
 
@@ -125,7 +128,14 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="keep model dirs and indexes already in --out")
     ap.add_argument("--results", type=Path, default=RESULTS, help="write the figures here (JSON)")
     ap.add_argument("--no-docs", action="store_true", help="do not regenerate the table in docs/quality.md")
+    ap.add_argument(
+        "--docs-only", action="store_true", help="regenerate docs/quality.md from --results; run nothing"
+    )
     args = ap.parse_args()
+    if args.docs_only:
+        write_docs(json.loads(args.results.read_text()))
+        print(f"docs: {DOCS}")
+        return 0
     if not (CLOTHING / "train").is_dir() or not (CLOTHING / "validation").is_dir():
         print(f"skipped: clothing dataset not found at {CLOTHING} (see ../shared/datasets/README.md)")
         return 0

@@ -13,13 +13,27 @@ import numpy as np
 NOVELTY_FOLDS = 5  # cross-fitting folds for the novelty reference
 
 
-def fit_pca(X: np.ndarray, code_dim: int, whiten: bool = False) -> dict[str, np.ndarray]:
-    """PCA of the rows of X (no labels): mean (C,), components (code_dim, C), explained variance."""
+def fit_pca(X: np.ndarray, code_dim: int, whiten: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    """PCA of the rows of X (no labels): mean (C,), components (code_dim, C), explained variance.
+
+    The top `code_dim` components by randomised SVD (Halko et al. 2011: a Gaussian sketch with 16 extra
+    columns, 4 power iterations): a few matrix products instead of a full SVD, the same components to
+    ~1e-4 for the fast-decaying spectra of pooled CNN features, and 100x+ faster on a busy 2-core machine
+    (a full SVD of 3,068 x 2,560 took minutes there; this takes under a second).
+    """
     if code_dim > min(X.shape):
         raise ValueError(f"code_dim {code_dim} exceeds min(n_images, n_features) = {min(X.shape)}")
     X = np.asarray(X, np.float64)
     mean = X.mean(0)
-    _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
+    Xc = X - mean  # (N, C)
+    k = min(code_dim + 16, *Xc.shape)
+    if k >= min(Xc.shape) // 2:  # small problems: the exact SVD is cheap
+        _, s, vt = np.linalg.svd(Xc, full_matrices=False)
+    else:
+        Q = np.linalg.qr(Xc @ np.random.default_rng(seed).standard_normal((Xc.shape[1], k)))[0]  # (N, k)
+        for _ in range(4):  # power iterations sharpen the spectrum's separation
+            Q = np.linalg.qr(Xc @ (Xc.T @ Q))[0]
+        _, s, vt = np.linalg.svd(Q.T @ Xc, full_matrices=False)  # (k, C)
     var = s**2 / max(1, len(X) - 1)
     comps = vt[:code_dim]
     if whiten:
