@@ -162,9 +162,12 @@ def proxy_errors(base: str) -> dict[int, dict]:
     head, _, body = raw.partition(b"\r\n\r\n")
     check(head.split()[1] == b"413" and b"application/json" in head, f"a 1 GB upload got {head!r}")
     answers = {413: json.loads(body)}
-    many = {f"X-Header-{i}": "1" for i in range(500)}  # past gunicorn's default 100 fields, which is lifted
-    check(requests.get(f"{base}/readyz", headers=many, timeout=30).status_code == 200, "500 headers refused")
+    within = {f"X-Header-{i}": "1" for i in range(80)}  # with requests' and the proxy's own, under 100
+    r = requests.get(f"{base}/readyz", headers=within, timeout=30)
+    check(r.status_code == 200, f"80 header fields answered {r.status_code}: {r.text[:200]}")
     for status, kw in (
+        # past the app's MAX_HEADERS (100): the app's JSON 431, not gunicorn's HTML (its limit is lifted)
+        (431, {"url": f"{base}/readyz", "headers": {f"X-Header-{i}": "1" for i in range(500)}}),
         (414, {"url": f"{base}/{'a' * 9000}"}),
         (431, {"url": f"{base}/readyz", "headers": {"X-Big": "a" * 9000}}),
         (431, {"url": f"{base}/readyz", "headers": {f"X-Header-{i}": "1" for i in range(3000)}}),
