@@ -1,11 +1,13 @@
 """The index's SQLite catalog: ORM models and opening a database (migrated by Alembic).
 
 Tables
-    items               one row per inventory image ever indexed; ids are the FAISS ids
-    generations         one row per published FAISS file, with how it was built
-    generation_changes  what each generation added, updated or deleted (for rollback)
-    ledger              one row per file seen in the inventory: its last outcome and why
-    index_state         a single row pointing at the current generation (the commit point)
+    items                one row per inventory image ever indexed; ids are the FAISS ids
+    segments             one row per immutable segment file (FAISS), with its size and checksums
+    generations          one row per published generation, with how it was built and its summary
+    generation_segments  the segments of each generation, each with its deletion set
+    generation_changes   what each generation added, updated or deleted (for rollback)
+    ledger               one row per file seen in the inventory: its last outcome and why
+    index_state          a single row pointing at the current generation (the commit point)
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, MetaData, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -53,20 +66,40 @@ class Item(Base):
     height: Mapped[int] = mapped_column(Integer)
     added_generation: Mapped[int] = mapped_column(Integer)
     deleted_generation: Mapped[int | None] = mapped_column(Integer, index=True)  # None while live
+    segment_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the segment of its live vector
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class Segment(Base):
+    """An immutable FAISS file (`IndexIDMap2`, ids = item ids) that generations are made of."""
+
+    __tablename__ = "segments"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids (and so file names) are never reused
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file: Mapped[str] = mapped_column(String)  # relative to the index dir
+    item_count: Mapped[int] = mapped_column(Integer)  # vectors in the file (live or masked)
+    dim: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(16))  # l2 | cosine
+    index_type: Mapped[str] = mapped_column(String(16))  # flat | ivf | hnsw
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the file's bytes, computed while writing
+    ids_sha256: Mapped[str] = mapped_column(String(64))  # over the sorted int64 ids in the file
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Generation(Base):
-    """A published FAISS file and the record of how it was built."""
+    """A published generation: a list of segments with deletion sets, and how it was built."""
 
     __tablename__ = "generations"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    status: Mapped[str] = mapped_column(String(16))  # current | kept | pruned | rolled_back
-    faiss_file: Mapped[str] = mapped_column(String)  # relative to the index dir
+    status: Mapped[str] = mapped_column(String(16))  # current | kept | superseded | pruned | rolled_back
+    faiss_file: Mapped[str] = mapped_column(String)  # schema 0001 only (one file per generation); else ""
     item_count: Mapped[int] = mapped_column(Integer)
-    ids_sha256: Mapped[str] = mapped_column(String(64))  # over the sorted int64 FAISS ids
+    ids_sha256: Mapped[str] = mapped_column(String(64))  # schema 0001 only: sorted FAISS ids; else ""
+    ids_checksum: Mapped[str | None] = mapped_column(String(16))  # segments.ids_checksum of the live ids
     model_fingerprint: Mapped[str] = mapped_column(String(64))
     model_config: Mapped[dict[str, Any]] = mapped_column(JSON)
     dim: Mapped[int] = mapped_column(Integer)
@@ -76,7 +109,19 @@ class Generation(Base):
     parent_id: Mapped[int | None] = mapped_column(Integer)  # the generation this one was built from
     run_summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     eval_figures: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # written by `imgrec eval`
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {"labels": {label: live items}}
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class GenerationSegment(Base):
+    """One segment of one generation, and the item ids masked in it (deleted or re-embedded since)."""
+
+    __tablename__ = "generation_segments"
+
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id"), primary_key=True)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"), primary_key=True, index=True)
+    deleted: Mapped[bytes] = mapped_column(LargeBinary)  # sorted little-endian int64 item ids
+    n_deleted: Mapped[int] = mapped_column(Integer)
 
 
 class GenerationChange(Base):

@@ -1,82 +1,145 @@
 """Compare the inventory folder with the ledger: what to embed, delete, or leave alone.
 
+Both sides stream in path order and are merge-joined, so memory holds only what changed:
+
+    plan = make_plan(scan_inventory(root), ledger_rows(conn), full=False)
+
 Unchanged files cost a `stat` (done by the scan). A file whose size or mtime changed is hashed,
-and re-embedded only if its bytes really changed.
+and re-embedded only if its bytes really changed (`resolve_touches`).
+
+A ledger row is `(path, state, reason, size, mtime_ns, item_id)`; `item_id` is the live item at
+that path (the fast query takes it from embedded rows, the thorough one joins the items). The writer keeps "a live item <=> an embedded ledger row"; `Plan.ledger_live`
+counts them so the job can check that against the current generation's item count.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from encoder.model_dir import file_sha256
-from indexer.db import Item, LedgerEntry
 from indexer.scan import ScannedFile
+
+
+class LedgerRow(NamedTuple):
+    path: str
+    state: str  # embedded | skipped | failed | deleted
+    reason: str | None
+    size: int | None
+    mtime_ns: int | None
+    item_id: int | None  # the live item of an embedded row
 
 
 @dataclass
 class Plan:
     embed: list[ScannedFile] = field(default_factory=list)  # new, changed, or to retry
     delete: list[int] = field(default_factory=list)  # item ids whose file is gone or now unreadable
-    touch: list[ScannedFile] = field(default_factory=list)  # stat changed, same bytes: ledger only
+    touch: list[tuple[ScannedFile, int]] = field(default_factory=list)  # same bytes, new stat: ledger only
+    stat_changed: list[tuple[ScannedFile, int]] = field(default_factory=list)  # to hash: touch or embed
     newly_skipped: list[ScannedFile] = field(default_factory=list)  # unusable, not yet in the ledger as such
     gone: list[str] = field(default_factory=list)  # ledger paths (no live item) no longer on disk
     unchanged: int = 0
     still_skipped: int = 0
+    live_at_path: dict[str, int] = field(default_factory=dict)  # files to embed that have a live item
+    ledger_live: int = 0  # embedded ledger rows seen (= live items, when the catalog is consistent)
+    scanned: int = 0
 
     @property
     def changes_anything(self) -> bool:
         return bool(self.embed or self.delete or self.touch or self.newly_skipped or self.gone)
 
 
-def make_plan(
-    scanned: list[ScannedFile],
-    ledger: dict[str, LedgerEntry],
-    items: dict[str, Item],
-    full: bool = False,
-) -> Plan:
-    """Decide each file's fate. `items` maps path -> live item; `ledger` maps path -> entry.
+def make_plan(scanned: Iterable[ScannedFile], ledger: Iterable[LedgerRow], full: bool = False) -> Plan:
+    """Decide each file's fate from two streams sorted by path (files on disk, ledger rows).
 
-    Rows or ORM objects will do: entries need path, state, reason, size, mtime_ns; items id, sha256.
+    Files whose stat changed are left in `plan.stat_changed`: call `resolve_touches` next.
     """
     plan = Plan()
-    seen: set[str] = set()
+    rows = iter(ledger)
+    row = next(rows, None)
+    previous = None
     for f in scanned:
-        seen.add(f.rel_path)
-        entry, item = ledger.get(f.rel_path), items.get(f.rel_path)
-        if not f.usable:
-            if item is not None:
-                plan.delete.append(item.id)
-            if entry is not None and entry.state == "skipped" and entry.reason == f.reason and item is None:
-                plan.still_skipped += 1
-            else:
-                plan.newly_skipped.append(f)
-            continue
-        same_stat = entry is not None and (entry.size, entry.mtime_ns) == (f.size, f.mtime_ns)
-        if full or entry is None:
-            plan.embed.append(f)
-        elif entry.state == "skipped":
-            if same_stat:
-                plan.still_skipped += 1
-            else:
-                plan.embed.append(f)
-        elif entry.state != "embedded" or item is None:
-            plan.embed.append(f)  # failed (may be transient), deleted and back: try again
-        elif same_stat:
-            plan.unchanged += 1
-        elif _same_bytes(f, item):
-            plan.touch.append(f)
-            plan.unchanged += 1
+        if previous is not None and f.rel_path <= previous:
+            raise RuntimeError(f"the scan is not in path order: {f.rel_path!r} after {previous!r}")
+        previous = f.rel_path
+        plan.scanned += 1
+        while row is not None and row.path < f.rel_path:  # in the ledger, no longer on disk
+            _gone(plan, row)
+            row = next(rows, None)
+        if row is not None and row.path == f.rel_path:
+            _decide(plan, f, row, full)
+            row = next(rows, None)
         else:
-            plan.embed.append(f)
-    for path, item in items.items():
-        if path not in seen:
-            plan.delete.append(item.id)
-    plan.gone = [p for p, e in ledger.items() if p not in seen and p not in items and e.state != "deleted"]
+            _decide(plan, f, None, full)
+    while row is not None:
+        _gone(plan, row)
+        row = next(rows, None)
     return plan
 
 
-def _same_bytes(f: ScannedFile, item: Item) -> bool:
+def _gone(plan: Plan, row: LedgerRow) -> None:
+    if row.item_id is not None:
+        plan.ledger_live += 1
+        plan.delete.append(row.item_id)
+    elif row.state != "deleted":
+        plan.gone.append(row.path)
+
+
+def _decide(plan: Plan, f: ScannedFile, entry: LedgerRow | None, full: bool) -> None:
+    item_id = entry.item_id if entry is not None else None
+    if item_id is not None:
+        plan.ledger_live += 1
+    if not f.usable:
+        if item_id is not None:
+            plan.delete.append(item_id)
+        if entry is not None and entry.state == "skipped" and entry.reason == f.reason and item_id is None:
+            plan.still_skipped += 1
+        else:
+            plan.newly_skipped.append(f)
+        return
+    same_stat = entry is not None and (entry.size, entry.mtime_ns) == (f.size, f.mtime_ns)
+    if full or entry is None or (item_id is not None and entry.state != "embedded"):
+        _embed(plan, f, item_id)  # new, a rebuild, or a live item the ledger does not record as embedded
+    elif item_id is None:
+        if entry.state == "skipped" and same_stat:
+            plan.still_skipped += 1
+        else:
+            plan.embed.append(f)  # changed since skipped, failed (may be transient), deleted and back
+    elif same_stat:
+        plan.unchanged += 1
+    else:
+        plan.stat_changed.append((f, item_id))
+
+
+def _embed(plan: Plan, f: ScannedFile, item_id: int | None) -> None:
+    plan.embed.append(f)
+    if item_id is not None:
+        plan.live_at_path[f.rel_path] = item_id
+
+
+def resolve_touches(plan: Plan, item_sha256: Callable[[list[int]], dict[int, str]]) -> None:
+    """Hash the files whose stat changed: same bytes -> `touch` (ledger only), else `embed`.
+
+    `item_sha256(ids)` returns the catalog's sha256 of each item.
+    """
+    if not plan.stat_changed:
+        return
+    known = item_sha256([item_id for _, item_id in plan.stat_changed])
+    for f, item_id in plan.stat_changed:
+        if _same_bytes(f, known.get(item_id)):
+            plan.touch.append((f, item_id))
+            plan.unchanged += 1
+        else:
+            _embed(plan, f, item_id)
+    plan.stat_changed = []
+    plan.embed.sort(key=lambda f: f.rel_path)  # in path order, like a full scan
+
+
+def _same_bytes(f: ScannedFile, sha256: str | None) -> bool:
+    if sha256 is None:
+        return False
     try:
-        return file_sha256(f.abs_path) == item.sha256
+        return file_sha256(f.abs_path) == sha256
     except OSError:
         return False

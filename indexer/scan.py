@@ -1,18 +1,22 @@
-"""Walk an inventory folder: every file found, with its stat or the reason it cannot be used."""
+"""Walk an inventory folder: every file found, with its stat or the reason it cannot be used.
+
+Files come out in ascending order of their relative path (as Python and SQLite compare strings),
+so the scan can be merge-joined with the ledger read `ORDER BY path` without holding either
+in memory (`indexer.plan`).
+"""
 
 from __future__ import annotations
 
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from encoder import IMAGE_EXTENSIONS
 
 
-@dataclass(frozen=True)
-class ScannedFile:
+class ScannedFile(NamedTuple):
     """One file under the inventory root. `reason` is set when it must be skipped unread."""
 
     rel_path: str  # '/'-separated, relative to the root; the ledger key
@@ -33,54 +37,60 @@ def display_name(name: str) -> str:
 
 
 def scan_inventory(root: str | Path) -> Iterator[ScannedFile]:
-    """Yield every file under `root` (recursively, sorted, symlinked folders not followed)."""
+    """Yield every file under `root` (recursively, symlinked folders not followed), sorted by
+    `rel_path`."""
     root = os.path.realpath(root)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"inventory folder not found: {root}")
-    yield from _scan_folder(root, root)
+    yield from _scan_folder(root, root, "", os.path.basename(root), True)
 
 
-def _scan_folder(root: str, folder: str) -> Iterator[ScannedFile]:
-    """The files of `folder`, then those of its subfolders; one `stat` per file, none per folder."""
+def _scan_folder(root: str, folder: str, prefix: str, label: str, valid: bool) -> Iterator[ScannedFile]:
+    """The files under `folder` in path order: a subfolder `b` sorts as "b/" among the file names.
+
+    One `stat` per file, none per folder. `prefix`: the folder's displayed relative path plus "/";
+    `valid`: whether every folder name on the way is valid UTF-8.
+    """
     try:
         with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = list(it)
     except OSError:
         return  # an unreadable folder: its files cannot be listed (os.walk skips it the same way)
-    subfolders = []
+    keyed = []
     for entry in entries:
         try:
             is_dir = entry.is_dir()
         except OSError:  # e.g. a symlink loop: a file that cannot be stat'ed
             is_dir = False
+        if is_dir and entry.is_symlink():
+            continue  # symlinked folders are not entered
+        shown = display_name(entry.name)
+        keyed.append((shown + "/" if is_dir else shown, entry, is_dir))
+    keyed.sort(key=lambda t: t[0])
+    for key, entry, is_dir in keyed:
         if is_dir:
-            if not entry.is_symlink():
-                subfolders.append(entry.path)
-            continue
-        yield _scan_one(root, folder, entry)
-    for sub in subfolders:
-        yield from _scan_folder(root, sub)
+            yield from _scan_folder(root, entry.path, prefix + key, entry.name, valid and key == entry.name + "/")
+        else:
+            yield _scan_one(root, label, prefix + key, entry, valid and key == entry.name)
 
 
-def _scan_one(root: str, folder: str, entry: os.DirEntry) -> ScannedFile:
+def _scan_one(root: str, folder_name: str, rel: str, entry: os.DirEntry, valid: bool) -> ScannedFile:
     name, abs_path = entry.name, entry.path
-    rel = abs_path[len(root) + 1 :]  # folders are real (symlinked ones are not entered)
-    label = os.path.basename(folder)
-    try:
-        rel.encode("utf-8")
-        label.encode("utf-8")
-    except UnicodeEncodeError:
-        return ScannedFile(
-            display_name(rel), abs_path, display_name(label), reason="file name is not valid UTF-8"
-        )
-    if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-        return ScannedFile(rel, abs_path, label, reason="not an image file extension")
+    if not valid:
+        return ScannedFile(rel, abs_path, display_name(folder_name), reason="file name is not valid UTF-8")
+    if _extension(name) not in IMAGE_EXTENSIONS:
+        return ScannedFile(rel, abs_path, folder_name, reason="not an image file extension")
     try:
         st = entry.stat()  # follows symlinks
     except OSError as e:
-        return ScannedFile(rel, abs_path, label, reason=f"cannot stat: {e.strerror or e}")
+        return ScannedFile(rel, abs_path, folder_name, reason=f"cannot stat: {e.strerror or e}")
     if not stat.S_ISREG(st.st_mode):
-        return ScannedFile(rel, abs_path, label, reason="not a regular file")
+        return ScannedFile(rel, abs_path, folder_name, reason="not a regular file")
     if entry.is_symlink() and os.path.commonpath([os.path.realpath(abs_path), root]) != root:
-        return ScannedFile(rel, abs_path, label, reason="symlink points outside the inventory")
-    return ScannedFile(rel, abs_path, label, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        return ScannedFile(rel, abs_path, folder_name, reason="symlink points outside the inventory")
+    return ScannedFile(rel, abs_path, folder_name, st.st_size, st.st_mtime_ns)
+
+
+def _extension(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""

@@ -23,7 +23,6 @@ from encoder.models import EncoderConfig, build_model, code_dim
 from encoder.preprocess import Preprocess
 from imgrec.synthetic import CLASSES, draw_item
 from indexer import IndexOptions, open_snapshot, run_index
-from indexer.faiss_index import ids_of
 
 IMAGE_SIZE = 16  # model input side: tiny, so embedding costs little next to the work under test
 
@@ -83,13 +82,14 @@ def mutate_inventory(root: Path, rng: np.random.Generator, next_seed: int, n: in
 
 
 def index_contents(index_dir: Path) -> dict[str, np.ndarray]:
-    """path -> stored vector of every item of the current generation (opened and verified)."""
-    snap = open_snapshot(index_dir, mmap=False)
+    """path -> stored vector of every item of the current generation (opened and fully verified)."""
+    snap = open_snapshot(index_dir, mmap=False, verify="full")
     try:
-        ids = ids_of(snap.index).tolist()
-        items = snap.items(ids)
+        ids = snap.live_ids()
+        items = snap.items(ids.tolist())
         assert len(items) == len(ids) == snap.generation.item_count
-        return {items[i].path: snap.vector(i) for i in ids}
+        vectors = snap.vectors(ids)
+        return {items[int(i)].path: v for i, v in zip(ids, vectors, strict=True)}
     finally:
         snap.close()
 
@@ -175,10 +175,10 @@ def reader_loop(index_dir: str, stop_file: str, out_file: str) -> None:
         try:
             snap = open_snapshot(index_dir, mmap=True)
             try:
-                ids = set(ids_of(snap.index).tolist())
+                ids = set(snap.live_ids().tolist())
                 if len(ids) != snap.generation.item_count:
                     errors.append(f"generation {snap.generation.id}: {len(ids)} ids in FAISS")
-                xq = rng.standard_normal((4, snap.index.d)).astype(np.float32)
+                xq = rng.standard_normal((4, snap.generation.dim)).astype(np.float32)
                 for hits in snap.search_vectors(xq, k=10):
                     if len(hits) != min(10, len(ids)):
                         errors.append(f"generation {snap.generation.id}: {len(hits)} hits")
