@@ -7,6 +7,7 @@ installed `imgrec index` command itself).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -83,10 +84,8 @@ def orphan_vectors(index_dir: Path, orphans: set[str]) -> int:
     """Vectors in the largest orphan segment (a killed merge writes more than one checkpoint)."""
     n = 0
     for rel in orphans:
-        try:
+        with contextlib.suppress(RuntimeError):  # a temp file cut short
             n = max(n, faiss.read_index(str(index_dir / rel)).ntotal)
-        except RuntimeError:  # a temp file cut short
-            pass
     return n
 
 

@@ -6,8 +6,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session
 from click.testing import CliRunner
+from sqlalchemy.orm import Session
 
 from imgrec.cli import cli
 from indexer import IndexOptions, current_generation_id, open_snapshot, run_index
