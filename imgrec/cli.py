@@ -126,7 +126,8 @@ def index(
     """Embed every image of an inventory folder into a FAISS + SQLite index (or update it).
 
     Re-running on a changed folder adds, re-embeds and deletes only what changed, and publishes
-    a new generation; readers never see a half-written index.
+    a new generation (one new small segment); readers never see a half-written index. A failed
+    write (disk full) publishes nothing and exits with code 74.
 
     Example:
 
@@ -136,7 +137,7 @@ def index(
     """
     from contextlib import nullcontext
 
-    from indexer import IndexOptions, run_index
+    from indexer import IndexOptions, StorageWriteError, run_index
 
     opts = IndexOptions(**{k: v for k, v in options.items() if v is not None})
     with common.file_bar() as (on_total, on_progress):
@@ -146,6 +147,8 @@ def index(
                     inventory, model_dir, index_dir, opts,
                     embedder=embedder, on_total=on_total, on_progress=on_progress,
                 )  # fmt: skip
+        except StorageWriteError as e:
+            raise common.StorageFailure(e) from e
         except (*common.EXPECTED_ERRORS, OSError) as e:
             raise click.ClickException(str(e)) from e
     if as_json:
@@ -223,10 +226,11 @@ def demo(out_dir: str, seed: int) -> None:
 
 
 # --- commands registered from their own modules (one line each) ---
-from imgrec.commands.maintenance import rollback, status  # noqa: E402
+from imgrec.commands.maintenance import compact, rollback, status  # noqa: E402
 
 cli.add_command(status)
 cli.add_command(rollback)
+cli.add_command(compact)
 
 from imgrec.commands.serve import serve  # noqa: E402
 

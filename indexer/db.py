@@ -169,9 +169,10 @@ def database_url(index_dir: str | Path) -> str:
     return f"sqlite:///{Path(index_dir).resolve() / DATABASE_FILE}"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with WAL journaling and synchronous=FULL on every connection."""
-    engine = create_engine(url, connect_args={"timeout": 30})
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with WAL journaling and synchronous=FULL on every connection (`kwargs`: for
+    `create_engine`, e.g. `poolclass=NullPool`)."""
+    engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):  # noqa: ANN001
