@@ -195,3 +195,70 @@ def reader_loop(index_dir: str, stop_file: str, out_file: str) -> None:
         if stop:
             break
     Path(out_file).write_text(json.dumps({"seen": seen, "errors": errors[:20], "queries": queries}))
+
+
+# --- a seeded embedder: files whose bytes name the vector they embed to ---------------------------
+
+
+def write_seed_file(path: Path, seed: int) -> Path:
+    """A file (with an image extension) whose content is its vector's seed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"seed %d" % seed)
+    return path
+
+
+def seed_vector(seed: int, d: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(d).astype(np.float32)
+
+
+def seed_embedder(files, encoder, *, batch_size=32, workers=2, limits=None):  # noqa: ANN001, ANN201
+    """An `embedder` for `run_index` that reads each file's seed instead of decoding an image.
+
+    Lets the storage tests choose every vector (seeded) while the job, SQLite and FAISS run for real.
+    """
+    import hashlib
+
+    from indexer.ingest import Decoded, EmbeddedBatch
+
+    files = list(files)
+    for start in range(0, len(files), batch_size):
+        ok = []
+        for f in files[start : start + batch_size]:
+            data = Path(f.abs_path).read_bytes()
+            st = os.stat(f.abs_path)
+            ok.append(
+                Decoded(f, "ok", sha256=hashlib.sha256(data).hexdigest(), size=st.st_size,
+                        mtime_ns=st.st_mtime_ns, width=1, height=1)
+            )  # fmt: skip
+        xb = np.stack([seed_vector(int(Path(d.file.abs_path).read_bytes().split()[1]), encoder.dim) for d in ok])
+        yield EmbeddedBatch(ok, xb, [])
+
+
+def limit_sql_variables(n: int = 50) -> None:
+    """Every SQLite connection opened from now on in this process allows at most `n` bound parameters
+    per statement (SQLite's own limit, lowered): a statement with one parameter per file fails."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def _low_limit(dbapi_conn, _record):  # noqa: ANN001
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, n)
+
+    if not event.contains(Engine, "connect", _LOW_LIMIT_LISTENERS.get(n, _low_limit)):
+        _LOW_LIMIT_LISTENERS[n] = _low_limit
+        event.listen(Engine, "connect", _low_limit)
+
+
+def unlimit_sql_variables() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    for fn in _LOW_LIMIT_LISTENERS.values():
+        if event.contains(Engine, "connect", fn):
+            event.remove(Engine, "connect", fn)
+    _LOW_LIMIT_LISTENERS.clear()
+
+
+_LOW_LIMIT_LISTENERS: dict = {}
