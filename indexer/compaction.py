@@ -98,9 +98,7 @@ def compact(
             listed = generation_segments(session, cur.id)
         if everything:
             chosen = (
-                [info.id for info, _ in listed]
-                if len(listed) > 1 or any(len(d) for _, d in listed)
-                else []
+                [info.id for info, _ in listed] if len(listed) > 1 or any(len(d) for _, d in listed) else []
             )
         else:
             chosen = policy.pick([(info, len(d)) for info, d in listed])
@@ -142,7 +140,11 @@ def merge(
             index, ids = merged_index(index_dir, inputs, base.metric, base.index_type, policy.ann_min_items)
             done = write_checked(index, path)
             seg.item_count, seg.index_type = len(ids), _type_of(index)
-            seg.byte_size, seg.sha256, seg.ids_sha256 = done.byte_size, done.sha256, faiss_index.ids_sha256(ids)
+            seg.byte_size, seg.sha256, seg.ids_sha256 = (
+                done.byte_size,
+                done.sha256,
+                faiss_index.ids_sha256(ids),
+            )
             del index
             gen = _copy_generation(session, base, [i.id for i, _ in inputs], seg.id)
             merged_ids = [i.id for i, _ in inputs]

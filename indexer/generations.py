@@ -88,8 +88,11 @@ def index_lock(index_dir: str | Path, wait: float = 0.0) -> Iterator[None]:
                         f"{index_dir} is being updated by {holder}; wait for it to finish (or pass --wait)"
                     ) from None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"indexer pid {os.getpid()}".encode(), 0)
+        try:  # who holds it, for the message of a refused run (not needed for the lock itself)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"indexer pid {os.getpid()}".encode(), 0)
+        except OSError as e:  # e.g. a full disk: the lock holds anyway
+            logger.warning("cannot record the lock holder in %s: %s", LOCK_FILE, e)
         yield
     finally:
         os.close(fd)  # closing releases the lock

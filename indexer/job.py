@@ -11,7 +11,11 @@ the size-tiered policy, prune.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from encoder.model_dir import copy_model_dir, read_model_dir
 from indexer.compaction import MergePolicy, compact
-from indexer.db import Generation, open_database
+from indexer.db import DATABASE_FILE, Generation, open_database
 from indexer.generations import cleanup_orphans, current_generation, index_lock, prune
 from indexer.ingest import EmbeddedBatch, IngestLimits
 from indexer.ledger import item_sha256, ledger_rows
@@ -31,10 +36,12 @@ from indexer.plan import Plan, make_plan, resolve_touches
 from indexer.publish import BuildSettings, Publisher
 from indexer.scan import scan_inventory
 from indexer.segments import StorageWriteError
+from indexer.store import current_generation_id
 
 logger = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
+FULL_BELOW_BYTES = 1 << 20  # an I/O error with less free space than this is taken for a full disk
 Embedder = Callable[..., Iterator[EmbeddedBatch]]
 
 
@@ -103,7 +110,11 @@ def run_index(
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     inventory_root = str(Path(inventory).resolve())
-    with index_lock(index_dir, wait=opts.wait_for_lock), _catalog(index_dir) as engine:
+    with (
+        index_lock(index_dir, wait=opts.wait_for_lock),
+        disk_full_is_clear(index_dir),
+        _catalog(index_dir) as engine,
+    ):
         cleanup_orphans(index_dir, engine)
         _, _, fingerprint = read_model_dir(model_dir)  # checked now; the model is loaded only if needed
         with Session(engine) as session:
@@ -136,7 +147,9 @@ def run_index(
         checkpoint = None if rebuild else opts.checkpoint_every
         publisher.stage_plan(plan, plan.live_at_path)
         files, plan.embed = plan.embed, []
-        for batch in run(files, encoder, batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits):
+        for batch in run(
+            files, encoder, batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits
+        ):
             summary.decoded += len(batch.ok) + sum(1 for d in batch.rejected if d.sha256 is not None)
             publisher.stage_batch(batch)
             if on_progress:
@@ -151,7 +164,9 @@ def run_index(
         return summary
 
 
-def _publish_and_tidy(publisher: Publisher, opts: IndexOptions, summary: JobSummary, final: bool = False) -> None:
+def _publish_and_tidy(
+    publisher: Publisher, opts: IndexOptions, summary: JobSummary, final: bool = False
+) -> None:
     """Publish the staged changes, merge segments by the policy, and free what is no longer listed.
 
     During a run, earlier checkpoints are superseded at once, so a first build never holds more
@@ -182,6 +197,54 @@ def plan_changes(engine: Engine, inventory: str | Path, full: bool, live_count: 
         plan = make_plan(scan_inventory(inventory), ledger_rows(engine, thorough=True), full=full)
     resolve_touches(plan, lambda ids: item_sha256(engine, ids))
     return plan
+
+
+@contextmanager
+def disk_full_is_clear(index_dir: Path) -> Iterator[None]:
+    """Turn any failure caused by a full disk into one `StorageWriteError` that says what stays.
+
+    Publishes and merges already say which segment failed. This catches the rest: the model copy,
+    and SQLite, which reports "database or disk is full", or "disk I/O error" when it cannot even
+    create its shared-memory file to open the catalog.
+    """
+    try:
+        yield
+    except StorageWriteError:
+        raise
+    except (OSError, OperationalError) as e:
+        if not _disk_full(e, index_dir):
+            raise
+        where = "opening the catalog" if isinstance(e, OperationalError) else "writing the index"
+        raise StorageWriteError(errno.ENOSPC, f"disk full while {where}: {_stays_current(index_dir)}") from e
+
+
+def _disk_full(e: BaseException, index_dir: Path) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(getattr(e, "orig", e)).lower()
+    if "full" in text:
+        return True
+    try:
+        st = os.statvfs(index_dir)
+    except OSError:
+        return False
+    return "i/o error" in text and st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
+
+
+def _stays_current(index_dir: Path) -> str:
+    """Which generation readers keep: read through SQLite, or when it cannot open the catalog (a
+    full disk leaves no room for its WAL files, so none exist and the file itself is complete)
+    straight from the file with `immutable=1`."""
+    try:
+        gen = current_generation_id(index_dir)
+    except Exception:  # noqa: BLE001 - the catalog may not open on a full disk
+        try:
+            uri = f"file:{(index_dir / DATABASE_FILE).resolve()}?immutable=1"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                gen = db.execute("SELECT current_generation_id FROM index_state WHERE id = 1").fetchone()[0]
+        except Exception:  # noqa: BLE001
+            return "the current generation stays current"
+    return f"previous generation {gen} stays current" if gen is not None else "nothing was published"
 
 
 @contextmanager

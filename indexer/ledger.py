@@ -115,5 +115,8 @@ def item_sha256(engine: Engine, ids: list[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     with Session(engine) as session:
         for chunk in chunks(ids, chunk_size(session)):
-            out.update((r.id, r.sha256) for r in session.execute(select(Item.id, Item.sha256).where(Item.id.in_(chunk))))
+            out.update(
+                (r.id, r.sha256)
+                for r in session.execute(select(Item.id, Item.sha256).where(Item.id.in_(chunk)))
+            )
     return out

@@ -83,10 +83,14 @@ class Publisher:
         self.rebuild = rebuild  # the next publish replaces every segment of the parent
         self.record_changes = record_changes  # False on a first build: nothing to roll back to
         self.delete_ids: list[int] = []
-        self.ledger_only: list[tuple[ScannedFile, str, str | None, int | None]] = []  # (file, state, reason, item)
+        self.ledger_only: list[
+            tuple[ScannedFile, str, str | None, int | None]
+        ] = []  # (file, state, reason, item)
         self.embedded: list[Decoded] = []
         self.vectors: list[np.ndarray] = []
-        self.live_at_path: dict[str, int] = {}  # path -> live item, for files of the plan that may be rejected
+        self.live_at_path: dict[
+            str, int
+        ] = {}  # path -> live item, for files of the plan that may be rejected
         self._written: Path | None = None  # the segment file of the publish in progress
 
     @property
@@ -156,7 +160,11 @@ class Publisher:
         return gen_id
 
     def _not_published(self, e: StorageWriteError) -> StorageWriteError:
-        still = f"previous generation {self.parent_id} stays current" if self.parent_id else "nothing was published"
+        still = (
+            f"previous generation {self.parent_id} stays current"
+            if self.parent_id
+            else "nothing was published"
+        )
         return StorageWriteError(e.errno, f"{e.strerror}: {still}")
 
     # --- one publish ----------------------------------------------------------------------------
@@ -266,8 +274,12 @@ class Publisher:
                 item_id, next_id = next_id, next_id + 1
                 new_rows.append(
                     dict(
-                        id=item_id, path=d.file.rel_path, added_generation=gen_id, deleted_generation=None,
-                        created_at=now, **values,
+                        id=item_id,
+                        path=d.file.rel_path,
+                        added_generation=gen_id,
+                        deleted_generation=None,
+                        created_at=now,
+                        **values,
                     )  # fmt: skip
                 )
                 changes.change(gen_id, item_id, "added", None)
@@ -353,7 +365,9 @@ class Publisher:
         now = utcnow()
         rows: dict[str, dict] = {}
         for path, item_id in deleted.items():
-            rows[path] = dict(path=path, state="deleted", reason=GONE, size=None, mtime_ns=None, item_id=item_id)
+            rows[path] = dict(
+                path=path, state="deleted", reason=GONE, size=None, mtime_ns=None, item_id=item_id
+            )
         for d in self.embedded:
             rows[d.file.rel_path] = dict(
                 path=d.file.rel_path, state="embedded", reason=None, size=d.size, mtime_ns=d.mtime_ns,
@@ -370,7 +384,10 @@ class Publisher:
         stmt = sqlite_insert(LedgerEntry)
         stmt = stmt.on_conflict_do_update(
             index_elements=[LedgerEntry.path],
-            set_={c: stmt.excluded[c] for c in ("state", "reason", "size", "mtime_ns", "item_id", "generation_id", "updated_at")},
+            set_={
+                c: stmt.excluded[c]
+                for c in ("state", "reason", "size", "mtime_ns", "item_id", "generation_id", "updated_at")
+            },
         )
         for chunk in chunks(rows.values(), 10_000):
             session.execute(stmt, chunk)

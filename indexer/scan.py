@@ -69,7 +69,9 @@ def _scan_folder(root: str, folder: str, prefix: str, label: str, valid: bool) -
     keyed.sort(key=lambda t: t[0])
     for key, entry, is_dir in keyed:
         if is_dir:
-            yield from _scan_folder(root, entry.path, prefix + key, entry.name, valid and key == entry.name + "/")
+            yield from _scan_folder(
+                root, entry.path, prefix + key, entry.name, valid and key == entry.name + "/"
+            )
         else:
             yield _scan_one(root, label, prefix + key, entry, valid and key == entry.name)
 

@@ -132,7 +132,9 @@ class OpenSegment:
                 if not len(self.sorted_ids):
                     self._labels[label] = np.zeros(0, np.int64)
                 else:
-                    cand = np.asarray(fetch(label, int(self.sorted_ids[0]), int(self.sorted_ids[-1])), np.int64)
+                    cand = np.asarray(
+                        fetch(label, int(self.sorted_ids[0]), int(self.sorted_ids[-1])), np.int64
+                    )
                     self._labels[label] = np.sort(cand[self.rows_of(cand) >= 0])
             return self._labels[label]
 
@@ -243,7 +245,12 @@ def _search_masked(part: Part, xq: np.ndarray, k: int, params) -> tuple[np.ndarr
 
 
 def _search_subset(
-    seg: OpenSegment, xq: np.ndarray, k: int, metric: str, subset: np.ndarray, params  # noqa: ANN001
+    seg: OpenSegment,
+    xq: np.ndarray,
+    k: int,
+    metric: str,
+    subset: np.ndarray,
+    params,  # noqa: ANN001
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k among the sorted ids `subset` of a segment (all live)."""
     k_sub = min(k, len(subset))
@@ -257,7 +264,11 @@ def _search_subset(
 
 
 def _raw_search(
-    seg: OpenSegment, xq: np.ndarray, k: int, params, selector=None  # noqa: ANN001
+    seg: OpenSegment,
+    xq: np.ndarray,
+    k: int,
+    params,
+    selector=None,  # noqa: ANN001
 ) -> tuple[np.ndarray, np.ndarray]:
     p = segment_params(seg, params, selector)
     if p is None:

@@ -51,9 +51,7 @@ def segment_file(segment_id: int) -> str:
     return f"{SEGMENTS_DIR}/{segment_id:06d}.faiss"
 
 
-def build_segment(
-    xb: np.ndarray, ids: np.ndarray, metric: str, index_type: str = "flat"
-) -> faiss.Index:
+def build_segment(xb: np.ndarray, ids: np.ndarray, metric: str, index_type: str = "flat") -> faiss.Index:
     """An `IndexIDMap2` of `index_type` holding `xb` under `ids`, in ascending id order.
 
     Approximate types are trained on `xb` itself.

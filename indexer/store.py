@@ -243,9 +243,7 @@ class Snapshot:
 
     def contains(self, item_id: int) -> bool:
         ids = np.asarray([item_id], np.int64)
-        return any(
-            p.segment.rows_of(ids)[0] >= 0 and not np.isin(ids, p.deleted)[0] for p in self.parts
-        )
+        return any(p.segment.rows_of(ids)[0] >= 0 and not np.isin(ids, p.deleted)[0] for p in self.parts)
 
     # --- catalog records -------------------------------------------------------------------------
 
@@ -316,9 +314,7 @@ class Snapshot:
 
     def _fetch_label_ids(self, label: str, lo: int, hi: int) -> np.ndarray:
         with Session(self.engine) as session:
-            ids = session.scalars(
-                select(Item.id).where(Item.label == label, Item.id.between(lo, hi))
-            ).all()
+            ids = session.scalars(select(Item.id).where(Item.label == label, Item.id.between(lo, hi))).all()
         return np.asarray(ids, np.int64)
 
     def image_path(self, item: ItemInfo) -> Path:
@@ -407,11 +403,15 @@ def open_snapshot(
                 gen = GenerationInfo.from_row(session.get(Generation, state.current_generation_id))
                 listed = generation_segments(session, gen.id)
                 fresh = [info for info, _ in listed if (info.id, info.sha256) not in known]
-                catalog = {info.id: segment_live_item_ids(session, info.id) for info in fresh} if verify else {}
+                catalog = (
+                    {info.id: segment_live_item_ids(session, info.id) for info in fresh} if verify else {}
+                )
                 live = live_item_ids(session) if verify == "full" else None
             try:
                 parts = [
-                    Part(known.get((info.id, info.sha256)) or OpenSegment.open(index_dir, info, mmap), deleted)
+                    Part(
+                        known.get((info.id, info.sha256)) or OpenSegment.open(index_dir, info, mmap), deleted
+                    )
                     for info, deleted in listed
                 ]
             except FileNotFoundError as e:
@@ -511,7 +511,9 @@ def _compare(have: np.ndarray, catalog: np.ndarray, where: str) -> list[str]:
     if np.array_equal(have, catalog):
         return []
     missing, extra = np.setdiff1d(catalog, have), np.setdiff1d(have, catalog)
-    return [f"{len(missing)} catalog items not in {where}, {len(extra)} ids in {where} not live in the catalog"]
+    return [
+        f"{len(missing)} catalog items not in {where}, {len(extra)} ids in {where} not live in the catalog"
+    ]
 
 
 def verify_snapshot(snap: Snapshot, checksums: bool = True) -> None:
@@ -522,7 +524,9 @@ def verify_snapshot(snap: Snapshot, checksums: bool = True) -> None:
     """
     with read_snapshot(snap.engine) as session:
         live = live_item_ids(session)
-        per_segment = {p.segment.info.id: segment_live_item_ids(session, p.segment.info.id) for p in snap.parts}
+        per_segment = {
+            p.segment.info.id: segment_live_item_ids(session, p.segment.info.id) for p in snap.parts
+        }
     check_snapshot(snap, per_segment, live)
     if checksums:
         for info in snap.segments:

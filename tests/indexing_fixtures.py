@@ -230,7 +230,9 @@ def seed_embedder(files, encoder, *, batch_size=32, workers=2, limits=None):  # 
                 Decoded(f, "ok", sha256=hashlib.sha256(data).hexdigest(), size=st.st_size,
                         mtime_ns=st.st_mtime_ns, width=1, height=1)
             )  # fmt: skip
-        xb = np.stack([seed_vector(int(Path(d.file.abs_path).read_bytes().split()[1]), encoder.dim) for d in ok])
+        xb = np.stack(
+            [seed_vector(int(Path(d.file.abs_path).read_bytes().split()[1]), encoder.dim) for d in ok]
+        )
         yield EmbeddedBatch(ok, xb, [])
 
 

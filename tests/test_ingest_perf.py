@@ -174,7 +174,9 @@ def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
         got = live_item_ids(session)
     assert got.dtype == np.int64 and got.tolist() == want
     check_snapshot(snap, catalog_live=got[::-1].copy())  # any order
-    with pytest.raises(InconsistentIndexError, match="1 catalog items not in the index, 2 ids in the index not live"):
+    with pytest.raises(
+        InconsistentIndexError, match="1 catalog items not in the index, 2 ids in the index not live"
+    ):
         check_snapshot(snap, catalog_live=np.append(got[2:], 10_000))
     snap.close()
 

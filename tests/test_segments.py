@@ -86,7 +86,9 @@ def reference(snap, inv: Inventory) -> tuple[np.ndarray, np.ndarray]:
 
 def flat_search(ids: np.ndarray, xb: np.ndarray, xq: np.ndarray, k: int, metric: str):
     """The answer of one flat index holding `xb` under `ids`."""
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(xb.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(xb.shape[1]))
+    index = faiss.IndexIDMap2(
+        faiss.IndexFlatIP(xb.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(xb.shape[1])
+    )
     index.add_with_ids(xb, ids)
     return index.search(prepare(xq, metric), k)
 
@@ -153,10 +155,14 @@ def test_allowed_ids_and_labels_are_exact(segmented, monkeypatch, gather_share):
         allowed = np.sort(rng.choice(ids, 60, replace=False))
         keep = np.isin(ids, allowed)
         allowed_with_gone = np.union1d(allowed, [10_000_000, 1])  # unknown or masked ids change nothing
-        assert_same_top_k(snap.search(xq, 10, allowed=allowed_with_gone), flat_search(ids[keep], xb[keep], xq, 10, "cosine"))
+        assert_same_top_k(
+            snap.search(xq, 10, allowed=allowed_with_gone), flat_search(ids[keep], xb[keep], xq, 10, "cosine")
+        )
         mask = np.zeros(ids.max() + 1, bool)
         mask[allowed] = True
-        assert_same_top_k(snap.search(xq, 10, allowed=mask), flat_search(ids[keep], xb[keep], xq, 10, "cosine"))
+        assert_same_top_k(
+            snap.search(xq, 10, allowed=mask), flat_search(ids[keep], xb[keep], xq, 10, "cosine")
+        )
 
         infos = snap.items(ids.tolist())
         red = np.array([infos[int(i)].label == "red" for i in ids])

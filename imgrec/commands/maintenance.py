@@ -71,8 +71,17 @@ def rollback(index_dir: str) -> None:
 
 @click.command()
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False), envvar="IMGREC_INDEX")
-@click.option("--all", "everything", is_flag=True, help="Merge every segment into one (and drop masked vectors).")
-@click.option("--keep", "keep_generations", type=int, default=3, show_default=True, help="Generations kept for rollback.")
+@click.option(
+    "--all", "everything", is_flag=True, help="Merge every segment into one (and drop masked vectors)."
+)
+@click.option(
+    "--keep",
+    "keep_generations",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Generations kept for rollback.",
+)
 @click.option("--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for an indexer run.")
 def compact(index_dir: str, everything: bool, keep_generations: int, wait_for_lock: float) -> None:
     """Merge the index's segments by the size-tiered policy (the indexer also does after publishing).

@@ -95,8 +95,15 @@ def _segments_from_generation_files(conn: sa.Connection) -> None:
                 "ids_sha256, created_at) VALUES (:file, :n, :dim, :metric, :type, :size, :sha, :ids, :at)"
             ),
             {
-                "file": g.faiss_file, "n": g.item_count, "dim": g.dim, "metric": g.metric,
-                "type": g.index_type, "size": size, "sha": sha, "ids": g.ids_sha256, "at": g.created_at,
+                "file": g.faiss_file,
+                "n": g.item_count,
+                "dim": g.dim,
+                "metric": g.metric,
+                "type": g.index_type,
+                "size": size,
+                "sha": sha,
+                "ids": g.ids_sha256,
+                "at": g.created_at,
             },  # fmt: skip
         ).lastrowid
         conn.execute(
@@ -112,9 +119,7 @@ def _segments_from_generation_files(conn: sa.Connection) -> None:
 
 def _describe_current(conn: sa.Connection, gen_id: int, seg_id: int) -> None:
     """Live items point at the current generation's segment; its label counts and ids checksum."""
-    conn.execute(
-        sa.text("UPDATE items SET segment_id = :s WHERE deleted_generation IS NULL"), {"s": seg_id}
-    )
+    conn.execute(sa.text("UPDATE items SET segment_id = :s WHERE deleted_generation IS NULL"), {"s": seg_id})
     labels = conn.execute(
         sa.text("SELECT label, count(*) FROM items WHERE deleted_generation IS NULL GROUP BY label")
     ).all()
