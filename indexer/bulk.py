@@ -11,7 +11,7 @@ no larger than the connection's own limit.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import TypeVar
 
@@ -33,8 +33,9 @@ def variable_limit(db: Session | Connection) -> int:
         return 999
 
 
-def chunk_size(db: Session | Connection, reserve: int = 0) -> int:
-    """How many values one IN (...) may carry, leaving `reserve` parameters for the rest."""
+def chunk_size(db: Session | Connection, reserve: int = 8) -> int:
+    """How many values one IN (...) may carry, leaving `reserve` parameters for the rest of the
+    statement (other conditions, values, an `onupdate` timestamp)."""
     return max(1, min(CHUNK, variable_limit(db) - reserve))
 
 
@@ -43,7 +44,3 @@ def chunks(values: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(values)
     while chunk := list(islice(it, size)):
         yield chunk
-
-
-def as_list(values: Sequence[T] | Iterable[T]) -> list[T]:
-    return values if isinstance(values, list) else list(values)

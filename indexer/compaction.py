@@ -31,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from indexer import faiss_index
+from indexer.bulk import chunk_size, chunks
 from indexer.db import Generation, GenerationSegment, Item, Segment
 from indexer.generations import current_generation, make_current
 from indexer.segment_search import OpenSegment, member
@@ -147,13 +148,13 @@ def merge(
             )
             del index
             gen = _copy_generation(session, base, [i.id for i, _ in inputs], seg.id)
-            merged_ids = [i.id for i, _ in inputs]
-            session.execute(
-                update(Item)
-                .where(Item.segment_id.in_(merged_ids), Item.deleted_generation.is_(None))
-                .values(segment_id=seg.id)
-                .execution_options(synchronize_session=False)
-            )
+            for chunk in chunks([i.id for i, _ in inputs], chunk_size(session)):
+                session.execute(
+                    update(Item)
+                    .where(Item.segment_id.in_(chunk), Item.deleted_generation.is_(None))
+                    .values(segment_id=seg.id)
+                    .execution_options(synchronize_session=False)
+                )
             make_current(session, gen, supersede=True)
             gen_id, out_file = gen.id, seg.file
     except BaseException as e:

@@ -221,7 +221,7 @@ def rollback(index_dir: str | Path, engine: Engine) -> GenerationInfo:
             if not (Path(index_dir) / info.file).is_file():
                 raise RollbackError(f"segment {info.file} of generation {target.id} is missing")
         _undo_changes(session, cur, target)
-        _place_live_items(session, Path(index_dir), listed)
+        _place_live_items(session, Path(index_dir), target.id, listed)
         make_current(session, target)  # marks `cur` kept ...
         cur.status = "rolled_back"  # ... but it is undone: never a rollback target, its files orphans
         session.flush()
@@ -253,18 +253,18 @@ def _undo_changes(session: Session, undone: Generation, target: Generation) -> N
             ledger.size, ledger.mtime_ns = item.size, item.mtime_ns
 
 
-def _place_live_items(session: Session, index_dir: Path, listed: list) -> None:
+def _place_live_items(session: Session, index_dir: Path, target_id: int, listed: list) -> None:
     """Set `items.segment_id` of the live items whose segment is not one of the target's.
 
     Items moved since the target (re-embedded into a newer segment, or merged) point at segments
     the target does not list; each is found in the target's segments (ids minus deletion sets).
     """
-    target_ids = [info.id for info, _ in listed]
+    of_target = select(GenerationSegment.segment_id).where(GenerationSegment.generation_id == target_id)
     stale = np.asarray(
         session.scalars(
             select(Item.id).where(
                 Item.deleted_generation.is_(None),
-                (Item.segment_id.is_(None)) | (Item.segment_id.not_in(target_ids)),
+                Item.segment_id.is_(None) | Item.segment_id.not_in(of_target),
             )
         ).all(),
         np.int64,
@@ -272,12 +272,17 @@ def _place_live_items(session: Session, index_dir: Path, listed: list) -> None:
     if not len(stale):
         return
     placed = np.zeros(len(stale), bool)
-    size = chunk_size(session, reserve=1)
+    size = chunk_size(session)
     for info, deleted in listed:
         seg = OpenSegment.open(index_dir, info, mmap=True)
         here = (seg.rows_of(stale) >= 0) & ~np.isin(stale, deleted) & ~placed
         for chunk in chunks(stale[here].tolist(), size):
-            session.execute(update(Item).where(Item.id.in_(chunk)).values(segment_id=info.id))
+            session.execute(
+                update(Item)
+                .where(Item.id.in_(chunk))
+                .values(segment_id=info.id)
+                .execution_options(synchronize_session=False)
+            )
         placed |= here
     if not placed.all():
         raise RollbackError(

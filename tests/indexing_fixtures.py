@@ -13,9 +13,11 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from encoder.model_dir import save_model_dir
@@ -141,6 +143,7 @@ def cli_child(args: list[str], log: str, die_at: str | None = None) -> None:
     `die_at` ("module:function") makes the child SIGKILL itself when that function is called:
     a crash at an exact point, set up by the test and not by the indexer.
     """
+    limit_sql_variables(LOW_SQL_VARIABLE_LIMIT)  # as in the parent: no statement with a parameter per file
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -165,6 +168,7 @@ def reader_loop(index_dir: str, stop_file: str, out_file: str) -> None:
     Every snapshot must open verified (count, ids, live items agree), and every hit must be an id of
     that snapshot's FAISS file with a catalog row. Writes what it saw to `out_file` (JSON).
     """
+    limit_sql_variables(LOW_SQL_VARIABLE_LIMIT)
     rng = np.random.default_rng(0)
     seen: dict[int, int] = {}
     errors: list[str] = []
@@ -264,3 +268,12 @@ def unlimit_sql_variables() -> None:
 
 
 _LOW_LIMIT_LISTENERS: dict = {}
+LOW_SQL_VARIABLE_LIMIT = 50
+
+
+@pytest.fixture
+def low_sql_variable_limit() -> Iterator[None]:
+    """SQLite's limit on parameters per statement lowered to 50 for the test (and its children)."""
+    limit_sql_variables(LOW_SQL_VARIABLE_LIMIT)
+    yield
+    unlimit_sql_variables()

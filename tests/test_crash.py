@@ -32,10 +32,13 @@ from tests.indexing_fixtures import (
     full_rebuild,
     imgrec_command,
     index_contents,
+    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
     make_model_dir,
     mutate_inventory,
 )
+
+pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
 
 CI_KILLS = 32
 SLOW_KILLS = 200

@@ -18,10 +18,13 @@ from tests.indexing_fixtures import (
     assert_same_index,
     full_rebuild,
     index_contents,
+    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
     make_model_dir,
     write_image,
 )
+
+pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,15 @@ from indexer import segment_search as ss
 from indexer.ann import search_params
 from indexer.compaction import MergePolicy
 from indexer.faiss_index import prepare
-from tests.indexing_fixtures import make_model_dir, seed_embedder, seed_vector, write_seed_file
+from tests.indexing_fixtures import (
+    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
+    make_model_dir,
+    seed_embedder,
+    seed_vector,
+    write_seed_file,
+)
+
+pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
 
 LABELS = ("red", "green", "blue")
 NO_MERGES = IndexOptions(batch_size=16, checkpoint_every=40, compact=False)

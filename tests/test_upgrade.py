@@ -32,9 +32,12 @@ from tests.indexing_fixtures import (
     forkserver,
     full_rebuild,
     index_contents,
+    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
     make_model_dir,
 )
+
+pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
 
 NOW = "2026-11-30 12:00:00.000000"
 
