@@ -163,6 +163,8 @@ class IndexState(Base):
 
 
 DATABASE_FILE = "catalog.sqlite"
+WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL file is cut back to when SQLite resets it
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024  # SQLite's auto-checkpoint: a WAL reaches about this before it
 
 
 def database_url(index_dir: str | Path) -> str:
@@ -178,6 +180,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     def _pragmas(dbapi_conn, _record):  # noqa: ANN001
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # a big merge's WAL does not stay
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

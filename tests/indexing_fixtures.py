@@ -29,10 +29,11 @@ from indexer import IndexOptions, open_snapshot, run_index
 IMAGE_SIZE = 16  # model input side: tiny, so embedding costs little next to the work under test
 
 
-def make_model_dir(path: Path, seed: int = 0) -> Path:
-    """A random-weight conv-ae model dir (a different `seed` is a different model)."""
+def make_model_dir(path: Path, seed: int = 0, code_channels: int = 4) -> Path:
+    """A random-weight conv-ae model dir (a different `seed` is a different model); its codes have
+    4 * `code_channels` dimensions."""
     torch.manual_seed(seed)
-    cfg = EncoderConfig(arch="conv-ae", image_size=IMAGE_SIZE, filters=(4, 4, 4))
+    cfg = EncoderConfig(arch="conv-ae", image_size=IMAGE_SIZE, filters=(4, 4, code_channels))
     model = build_model(cfg).eval()
     config = {
         "kind": "autoencoder",
