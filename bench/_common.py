@@ -174,8 +174,9 @@ def synthetic_vectors(n: int, d: int = 128, seed: int = 0):  # noqa: ANN201
     return xb
 
 
-def random_model_dir(out: Path, seed: int = 0) -> Path:
-    """An untrained conv-ae model dir with 128-d codes (search speed does not depend on weights)."""
+def random_model_dir(out: Path, seed: int = 0, code_channels: int = 8) -> Path:
+    """An untrained conv-ae model dir with 16 * `code_channels`-d codes (128-d by default; search
+    speed does not depend on weights)."""
     import torch
 
     from encoder.model_dir import read_fingerprint, save_model_dir
@@ -185,7 +186,7 @@ def random_model_dir(out: Path, seed: int = 0) -> Path:
     if (out / "config.json").exists():
         return out
     torch.manual_seed(seed)
-    cfg = EncoderConfig(arch="conv-ae", image_size=SYNTHETIC_IMAGE_SIZE)
+    cfg = EncoderConfig(arch="conv-ae", image_size=SYNTHETIC_IMAGE_SIZE, filters=(16, 8, code_channels))
     model = build_model(cfg).eval()
     config = {
         "kind": "autoencoder",
