@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from indexer.bulk import chunk_size, chunks
 from indexer.db import Generation, Item, LedgerEntry, open_database, read_snapshot
 from indexer.generations import current_generation
-from indexer.plan import LedgerRow
 from indexer.store import IndexNotFoundError, has_catalog
 
 
@@ -94,17 +93,15 @@ SELECT path, state, reason, size, mtime_ns, item_id FROM (
 FETCH_ROWS = 8192
 
 
-def ledger_rows(engine: Engine, thorough: bool = False) -> Iterator[LedgerRow]:
-    """The ledger as `LedgerRow`s in path order, streamed from one SELECT (one consistent read).
-
-    Read through the DBAPI cursor: a million rows as plain tuples, never a million ORM objects.
-    """
+def ledger_rows(engine: Engine, thorough: bool = False) -> Iterator[tuple]:
+    """The ledger in path order, as tuples laid out like `LedgerRow`, streamed from one SELECT (one
+    consistent read). Read through the DBAPI cursor: never a million ORM objects."""
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
         cursor.execute(LEDGER_JOINED_WITH_ITEMS if thorough else LEDGER_IN_PATH_ORDER)
         while rows := cursor.fetchmany(FETCH_ROWS):
-            yield from map(LedgerRow._make, rows)
+            yield from rows
         cursor.close()
     finally:
         raw.close()

@@ -7,8 +7,8 @@ Both sides stream in path order and are merge-joined, so memory holds only what 
 Unchanged files cost a `stat` (done by the scan). A file whose size or mtime changed is hashed,
 and re-embedded only if its bytes really changed (`resolve_touches`).
 
-A ledger row is `(path, state, reason, size, mtime_ns, item_id)`; `item_id` is the live item at
-that path (the fast query takes it from embedded rows, the thorough one joins the items). The writer keeps "a live item <=> an embedded ledger row"; `Plan.ledger_live`
+A ledger row is `(path, state, reason, size, mtime_ns, item_id)` (`LedgerRow`; the stream gives
+plain tuples, faster to make a million of); `item_id` is the live item at that path (the fast query takes it from embedded rows, the thorough one joins the items). The writer keeps "a live item <=> an embedded ledger row"; `Plan.ledger_live`
 counts them so the job can check that against the current generation's item count.
 """
 
@@ -50,24 +50,34 @@ class Plan:
         return bool(self.embed or self.delete or self.touch or self.newly_skipped or self.gone)
 
 
-def make_plan(scanned: Iterable[ScannedFile], ledger: Iterable[LedgerRow], full: bool = False) -> Plan:
-    """Decide each file's fate from two streams sorted by path (files on disk, ledger rows).
+def make_plan(scanned: Iterable[ScannedFile], ledger: Iterable[tuple], full: bool = False) -> Plan:
+    """Decide each file's fate from two streams sorted by path (files on disk, ledger rows laid out
+    as `LedgerRow`; plain tuples will do).
 
     Files whose stat changed are left in `plan.stat_changed`: call `resolve_touches` next.
+    This loop runs once per file: an unchanged file takes the shortest path.
     """
     plan = Plan()
     rows = iter(ledger)
     row = next(rows, None)
-    previous = None
+    previous = ""
+    unchanged = scanned_n = live = 0
     for f in scanned:
-        if previous is not None and f.rel_path <= previous:
-            raise RuntimeError(f"the scan is not in path order: {f.rel_path!r} after {previous!r}")
-        previous = f.rel_path
-        plan.scanned += 1
-        while row is not None and row.path < f.rel_path:  # in the ledger, no longer on disk
+        path = f[0]
+        if path <= previous and scanned_n:
+            raise RuntimeError(f"the scan is not in path order: {path!r} after {previous!r}")
+        previous = path
+        scanned_n += 1
+        while row is not None and row[0] < path:  # in the ledger, no longer on disk
             _gone(plan, row)
             row = next(rows, None)
-        if row is not None and row.path == f.rel_path:
+        if row is not None and row[0] == path:
+            # unchanged: usable, embedded, live, same size and mtime (the usual case, by far)
+            if f[5] is None and row[5] is not None and row[3] == f[3] and row[4] == f[4] and row[1] == "embedded" and not full:  # fmt: skip
+                unchanged += 1
+                live += 1
+                row = next(rows, None)
+                continue
             _decide(plan, f, row, full)
             row = next(rows, None)
         else:
@@ -75,10 +85,14 @@ def make_plan(scanned: Iterable[ScannedFile], ledger: Iterable[LedgerRow], full:
     while row is not None:
         _gone(plan, row)
         row = next(rows, None)
+    plan.unchanged += unchanged
+    plan.scanned = scanned_n
+    plan.ledger_live += live
     return plan
 
 
-def _gone(plan: Plan, row: LedgerRow) -> None:
+def _gone(plan: Plan, row: tuple) -> None:
+    row = LedgerRow._make(row)
     if row.item_id is not None:
         plan.ledger_live += 1
         plan.delete.append(row.item_id)
@@ -86,7 +100,8 @@ def _gone(plan: Plan, row: LedgerRow) -> None:
         plan.gone.append(row.path)
 
 
-def _decide(plan: Plan, f: ScannedFile, entry: LedgerRow | None, full: bool) -> None:
+def _decide(plan: Plan, f: ScannedFile, entry: tuple | None, full: bool) -> None:
+    entry = LedgerRow._make(entry) if entry is not None else None
     item_id = entry.item_id if entry is not None else None
     if item_id is not None:
         plan.ledger_live += 1

@@ -49,7 +49,8 @@ def _scan_folder(root: str, folder: str, prefix: str, label: str, valid: bool) -
     """The files under `folder` in path order: a subfolder `b` sorts as "b/" among the file names.
 
     One `stat` per file, none per folder. `prefix`: the folder's displayed relative path plus "/";
-    `valid`: whether every folder name on the way is valid UTF-8.
+    `valid`: whether every folder name on the way is valid UTF-8. This loop runs once per file of
+    the inventory (a million times at 1M items), so the usual case takes the shortest path.
     """
     try:
         with os.scandir(folder) as it:
@@ -58,22 +59,38 @@ def _scan_folder(root: str, folder: str, prefix: str, label: str, valid: bool) -
         return  # an unreadable folder: its files cannot be listed (os.walk skips it the same way)
     keyed = []
     for entry in entries:
+        name = entry.name
         try:
             is_dir = entry.is_dir()
         except OSError:  # e.g. a symlink loop: a file that cannot be stat'ed
             is_dir = False
         if is_dir and entry.is_symlink():
             continue  # symlinked folders are not entered
-        shown = display_name(entry.name)
+        shown = name if name.isascii() else display_name(name)
         keyed.append((shown + "/" if is_dir else shown, entry, is_dir))
-    keyed.sort(key=lambda t: t[0])
+    keyed.sort(key=_first)
+    image_extensions = IMAGE_EXTENSIONS
     for key, entry, is_dir in keyed:
         if is_dir:
             yield from _scan_folder(
                 root, entry.path, prefix + key, entry.name, valid and key == entry.name + "/"
             )
-        else:
-            yield _scan_one(root, label, prefix + key, entry, valid and key == entry.name)
+            continue
+        name = entry.name
+        dot = name.rfind(".")
+        if valid and key is name and dot > 0 and name[dot:].lower() in image_extensions:
+            try:
+                st = entry.stat()  # follows symlinks
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISREG(st.st_mode) and not entry.is_symlink():
+                yield ScannedFile(prefix + key, entry.path, label, st.st_size, st.st_mtime_ns)
+                continue
+        yield _scan_one(root, label, prefix + key, entry, valid and key == name)
+
+
+def _first(t: tuple) -> str:
+    return t[0]
 
 
 def _scan_one(root: str, folder_name: str, rel: str, entry: os.DirEntry, valid: bool) -> ScannedFile:
