@@ -113,6 +113,14 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     "--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for another indexer run."
 )
 @click.option(
+    "--merge-factor",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    envvar="IMGREC_MERGE_FACTOR",
+    help="Segments of one size tier merged into one (see docs/indexing.md, Compaction).",
+)
+@click.option(
     "--dask",
     "dask_address",
     default=None,
@@ -121,7 +129,13 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index(
-    inventory: str, model_dir: str, index_dir: str, as_json: bool, dask_address: str | None, **options: object
+    inventory: str,
+    model_dir: str,
+    index_dir: str,
+    as_json: bool,
+    dask_address: str | None,
+    merge_factor: int,
+    **options: object,
 ) -> None:
     """Embed every image of an inventory folder into a FAISS + SQLite index (or update it).
 
@@ -138,8 +152,11 @@ def index(
     from contextlib import nullcontext
 
     from indexer import IndexOptions, StorageWriteError, run_index
+    from indexer.compaction import MergePolicy
 
-    opts = IndexOptions(**{k: v for k, v in options.items() if v is not None})
+    opts = IndexOptions(
+        **{k: v for k, v in options.items() if v is not None}, merge_policy=MergePolicy(factor=merge_factor)
+    )
     with common.file_bar() as (on_total, on_progress):
         try:
             with _dask_embedder(dask_address, model_dir) if dask_address else nullcontext() as embedder:

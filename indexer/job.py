@@ -33,6 +33,7 @@ from indexer.generations import cleanup_orphans, current_generation, index_lock,
 from indexer.ingest import EmbeddedBatch, IngestLimits
 from indexer.ledger import item_sha256, ledger_rows
 from indexer.plan import Plan, make_plan, resolve_touches
+from indexer.plan_workers import available_cores, plan_in_parallel
 from indexer.publish import BuildSettings, Publisher
 from indexer.scan import scan_inventory
 from indexer.segments import StorageWriteError
@@ -41,6 +42,7 @@ from indexer.store import current_generation_id
 logger = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
+PARALLEL_PLAN_ITEMS = 50_000  # from this many live items a no-change scan is worth splitting
 FULL_BELOW_BYTES = 1 << 20  # an I/O error with less free space than this is taken for a full disk
 Embedder = Callable[..., Iterator[EmbeddedBatch]]
 
@@ -60,6 +62,8 @@ class IndexOptions:
     checkpoint_every: int = 5000  # publish a generation after this many embedded files
     wait_for_lock: float = 0.0  # seconds to wait for another run to finish
     compact: bool = True  # merge segments by the size-tiered policy after publishing
+    plan_workers: int | None = None  # processes comparing the folder with the ledger; None: the cores,
+    # from PARALLEL_PLAN_ITEMS live items (below, one)
     merge_policy: MergePolicy = field(default_factory=MergePolicy)
     limits: IngestLimits = field(default_factory=IngestLimits)
 
@@ -121,7 +125,8 @@ def run_index(
             cur = current_generation(session)
             metric, index_type = _settings(cur, fingerprint, opts)
             parent_id, live_count = (cur.id, cur.item_count) if cur is not None else (None, 0)
-        plan = plan_changes(engine, inventory, opts.full, live_count)
+        workers = opts.plan_workers or (available_cores() if live_count >= PARALLEL_PLAN_ITEMS else 1)
+        plan = plan_changes(engine, index_dir, inventory, opts.full, live_count, workers)
         summary = JobSummary(unchanged=plan.unchanged, skipped=plan.still_skipped)
         if on_total:
             on_total(len(plan.embed))
@@ -185,10 +190,15 @@ def _publish_and_tidy(
     prune(publisher.index_dir, publisher.engine, opts.keep_generations)
 
 
-def plan_changes(engine: Engine, inventory: str | Path, full: bool, live_count: int) -> Plan:
-    """Merge-join the scan with the ledger; if the ledger's live items disagree with the current
-    generation's count, plan again against the ledger joined with the items (slower, thorough)."""
-    plan = make_plan(scan_inventory(inventory), ledger_rows(engine), full=full)
+def plan_changes(
+    engine: Engine, index_dir: Path, inventory: str | Path, full: bool, live_count: int, workers: int = 1
+) -> Plan:
+    """Merge-join the scan with the ledger (in `workers` processes, by path range, when more than
+    one); if the ledger's live items disagree with the current generation's count, plan again
+    against the ledger joined with the items (slower, thorough)."""
+    plan = plan_in_parallel(inventory, index_dir / DATABASE_FILE, full, workers) if workers > 1 else None
+    if plan is None:
+        plan = make_plan(scan_inventory(inventory), ledger_rows(engine), full=full)
     if plan.ledger_live != live_count:
         logger.warning(
             "the ledger records %d live items, the current generation %d: checking against the items",

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from encoder.model_dir import file_sha256
 from indexer.scan import ScannedFile
 
 
@@ -152,6 +151,8 @@ def resolve_touches(plan: Plan, item_sha256: Callable[[list[int]], dict[int, str
 
 
 def _same_bytes(f: ScannedFile, sha256: str | None) -> bool:
+    from encoder.model_dir import file_sha256
+
     if sha256 is None:
         return False
     try:

@@ -2,18 +2,21 @@
 
 Files come out in ascending order of their relative path (as Python and SQLite compare strings),
 so the scan can be merge-joined with the ledger read `ORDER BY path` without holding either
-in memory (`indexer.plan`).
+in memory (`indexer.plan`). A scan can be limited to a range of top-level entries
+(`lo <= key < hi`), so that workers can share one inventory (`indexer.plan_workers`).
+
+Light on purpose: no torch, no SQLAlchemy (planning workers import only this and `plan`).
 """
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
-
-from encoder import IMAGE_EXTENSIONS
 
 
 class ScannedFile(NamedTuple):
@@ -36,27 +39,48 @@ def display_name(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def scan_inventory(root: str | Path) -> Iterator[ScannedFile]:
+def image_extensions() -> frozenset[str]:
+    """The file extensions the indexer reads (lower case, with the dot)."""
+    from encoder import IMAGE_EXTENSIONS
+
+    return IMAGE_EXTENSIONS
+
+
+def scan_inventory(
+    root: str | Path,
+    lo: str | None = None,
+    hi: str | None = None,
+    extensions: Iterable[str] | None = None,
+) -> Iterator[ScannedFile]:
     """Yield every file under `root` (recursively, symlinked folders not followed), sorted by
-    `rel_path`."""
+    `rel_path`; with `lo`/`hi`, only under the top-level entries whose key is in [lo, hi)
+    (`top_level_keys`)."""
     root = os.path.realpath(root)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"inventory folder not found: {root}")
-    yield from _scan_folder(root, root, "", os.path.basename(root), True)
+    exts = _any_case(frozenset(extensions) if extensions is not None else image_extensions())
+    yield from _scan_folder(root, root, "", os.path.basename(root), True, exts, lo, hi)
 
 
-def _scan_folder(root: str, folder: str, prefix: str, label: str, valid: bool) -> Iterator[ScannedFile]:
-    """The files under `folder` in path order: a subfolder `b` sorts as "b/" among the file names.
+def top_level_keys(root: str | Path) -> list[str]:
+    """The sort keys of the inventory's top-level entries (a folder `b` is "b/"), in scan order."""
+    root = os.path.realpath(root)
+    return [key for key, _, _ in _entries(root)]
 
-    One `stat` per file, none per folder. `prefix`: the folder's displayed relative path plus "/";
-    `valid`: whether every folder name on the way is valid UTF-8. This loop runs once per file of
-    the inventory (a million times at 1M items), so the usual case takes the shortest path.
-    """
-    try:
-        with os.scandir(folder) as it:
-            entries = list(it)
-    except OSError:
-        return  # an unreadable folder: its files cannot be listed (os.walk skips it the same way)
+
+def _any_case(extensions: frozenset[str]) -> frozenset[str]:
+    """Every upper/lower-case spelling of each extension: one set lookup per file, no `lower()`."""
+    spelled = set()
+    for ext in extensions:
+        for cases in itertools.product(*((c.lower(), c.upper()) for c in ext)):
+            spelled.add("".join(cases))
+    return frozenset(spelled)
+
+
+def _entries(folder: str) -> list[tuple[str, os.DirEntry, bool]]:
+    """(sort key, entry, is_dir) of a folder's entries, sorted; symlinked folders left out."""
+    with os.scandir(folder) as it:
+        entries = list(it)
     keyed = []
     for entry in entries:
         name = entry.name
@@ -68,36 +92,64 @@ def _scan_folder(root: str, folder: str, prefix: str, label: str, valid: bool) -
             continue  # symlinked folders are not entered
         shown = name if name.isascii() else display_name(name)
         keyed.append((shown + "/" if is_dir else shown, entry, is_dir))
-    keyed.sort(key=_first)
-    image_extensions = IMAGE_EXTENSIONS
+    keyed.sort(key=_KEY)
+    return keyed
+
+
+_KEY = operator.itemgetter(0)
+_new = tuple.__new__
+
+
+def _scan_folder(
+    root: str,
+    folder: str,
+    prefix: str,
+    label: str,
+    valid: bool,
+    exts: frozenset[str],
+    lo: str | None = None,
+    hi: str | None = None,
+) -> Iterator[ScannedFile]:
+    """The files under `folder` in path order: a subfolder `b` sorts as "b/" among the file names.
+
+    One `stat` per file, none per folder. `prefix`: the folder's displayed relative path plus "/";
+    `valid`: whether every folder name on the way is valid UTF-8. This loop runs once per file of
+    the inventory (a million times at 1M items): the usual file takes the shortest path.
+    """
+    try:
+        keyed = _entries(folder)
+    except OSError:
+        return  # an unreadable folder: its files cannot be listed (os.walk skips it the same way)
     for key, entry, is_dir in keyed:
-        if is_dir:
-            yield from _scan_folder(
-                root, entry.path, prefix + key, entry.name, valid and key == entry.name + "/"
-            )
+        if lo is not None and key < lo:
             continue
+        if hi is not None and key >= hi:
+            break
         name = entry.name
+        if is_dir:
+            yield from _scan_folder(root, entry.path, prefix + key, name, valid and key == name + "/", exts)
+            continue
         dot = name.rfind(".")
-        if valid and key is name and dot > 0 and name[dot:].lower() in image_extensions:
+        if valid and key is name and dot > 0 and name[dot:] in exts:
             try:
                 st = entry.stat()  # follows symlinks
             except OSError:
                 st = None
             if st is not None and stat.S_ISREG(st.st_mode) and not entry.is_symlink():
-                yield ScannedFile(prefix + key, entry.path, label, st.st_size, st.st_mtime_ns)
+                yield _new(ScannedFile, (prefix + key, entry.path, label, st.st_size, st.st_mtime_ns, None))
                 continue
-        yield _scan_one(root, label, prefix + key, entry, valid and key == name)
+        yield _scan_one(root, label, prefix + key, entry, valid and key == name, exts)
 
 
-def _first(t: tuple) -> str:
-    return t[0]
-
-
-def _scan_one(root: str, folder_name: str, rel: str, entry: os.DirEntry, valid: bool) -> ScannedFile:
+def _scan_one(
+    root: str, folder_name: str, rel: str, entry: os.DirEntry, valid: bool, exts: frozenset[str]
+) -> ScannedFile:
+    """Any file the short path did not take: an odd name, another extension, a symlink, ..."""
     name, abs_path = entry.name, entry.path
     if not valid:
         return ScannedFile(rel, abs_path, display_name(folder_name), reason="file name is not valid UTF-8")
-    if _extension(name) not in IMAGE_EXTENSIONS:
+    dot = name.rfind(".")
+    if dot <= 0 or name[dot:] not in exts:
         return ScannedFile(rel, abs_path, folder_name, reason="not an image file extension")
     try:
         st = entry.stat()  # follows symlinks
@@ -108,8 +160,3 @@ def _scan_one(root: str, folder_name: str, rel: str, entry: os.DirEntry, valid: 
     if entry.is_symlink() and os.path.commonpath([os.path.realpath(abs_path), root]) != root:
         return ScannedFile(rel, abs_path, folder_name, reason="symlink points outside the inventory")
     return ScannedFile(rel, abs_path, folder_name, st.st_size, st.st_mtime_ns)
-
-
-def _extension(name: str) -> str:
-    dot = name.rfind(".")
-    return name[dot:].lower() if dot > 0 else ""

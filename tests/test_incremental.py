@@ -167,3 +167,37 @@ def _listdir(d: Path) -> list[str]:
         return [str(p) for p in d.iterdir()]
     except OSError:  # the process ended
         return []
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_planning_in_several_processes_equals_one(tmp_path, model, workers):
+    """Workers split the folder by top-level ranges; their joined plan is the one-process plan."""
+    from indexer.db import open_database
+    from indexer.job import plan_changes
+
+    inventory, index = tmp_path / "inventory", tmp_path / "index"
+    paths = make_inventory(inventory, 60)
+    (inventory / "top-level.jpg").write_bytes(paths[0].read_bytes())  # a file beside the folders
+    run_index(inventory, model, index)
+    for p in paths[:5]:
+        p.unlink()
+    for p in paths[5:8]:
+        write_image(p, seed=900 + paths.index(p), size=30)
+    for p in paths[8:12]:
+        os.utime(p, ns=(5, 5))
+    make_inventory(inventory, 4, start=300)
+    (inventory / "zz-new-folder").mkdir()
+    write_image(inventory / "zz-new-folder" / "a.png", seed=77)
+
+    engine = open_database(index)
+    try:
+        live = open_snapshot(index).generation.item_count
+        one = plan_changes(engine, index, inventory, False, live, workers=1)
+        many = plan_changes(engine, index, inventory, False, live, workers=workers)
+    finally:
+        engine.dispose()
+    assert many == one
+    assert (len(one.embed), len(one.delete), len(one.touch), one.unchanged) == (8, 5, 4, 53)
+    s = run_index(inventory, model, index, IndexOptions(plan_workers=workers))
+    assert (s.added, s.updated, s.deleted) == (5, 3, 5)
+    assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "ref"))

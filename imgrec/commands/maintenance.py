@@ -83,7 +83,17 @@ def rollback(index_dir: str) -> None:
     help="Generations kept for rollback.",
 )
 @click.option("--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for an indexer run.")
-def compact(index_dir: str, everything: bool, keep_generations: int, wait_for_lock: float) -> None:
+@click.option(
+    "--merge-factor",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    envvar="IMGREC_MERGE_FACTOR",
+    help="Segments of one size tier merged into one.",
+)
+def compact(
+    index_dir: str, everything: bool, keep_generations: int, wait_for_lock: float, merge_factor: int
+) -> None:
     """Merge the index's segments by the size-tiered policy (the indexer also does after publishing).
 
     Each merge publishes a generation with the same items; rollback skips it. A failed write
@@ -104,7 +114,9 @@ def compact(index_dir: str, everything: bool, keep_generations: int, wait_for_lo
         with index_lock(index_dir, wait=wait_for_lock):
             engine = open_database(index_dir)
             try:
-                published = run_compact(index_dir, engine, MergePolicy(), everything=everything)
+                published = run_compact(
+                    index_dir, engine, MergePolicy(factor=merge_factor), everything=everything
+                )
                 prune(index_dir, engine, keep_generations)
             finally:
                 engine.dispose()
