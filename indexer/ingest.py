@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from encoder import Encoder, ImageDecodeError, ImageTooLargeError, Preprocess, load_image
-from encoder.preprocess import DEFAULT_MAX_PIXELS
+from encoder.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS
 from indexer.scan import ScannedFile
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
 class IngestLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images declaring more pixels are skipped
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # larger files are skipped unread
+    max_scans: int = DEFAULT_MAX_SCANS  # JPEGs with more scans are skipped undecoded (work per image)
 
 
 @dataclass
@@ -89,7 +90,12 @@ def decode_file(file: ScannedFile, pre: Preprocess, limits: IngestLimits | None 
         file, "ok", sha256=hashlib.sha256(data).hexdigest(), size=after.st_size, mtime_ns=after.st_mtime_ns
     )
     try:
-        img = load_image(io.BytesIO(data), draft_size=pre.image_size, max_pixels=limits.max_pixels)
+        img = load_image(
+            io.BytesIO(data),
+            draft_size=pre.image_size,
+            max_pixels=limits.max_pixels,
+            max_scans=limits.max_scans,
+        )
         result.pixels = pre.to_uint8(img)
         result.width, result.height = img.info["original_size"]
     except (ImageDecodeError, ImageTooLargeError) as e:

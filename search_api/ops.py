@@ -76,6 +76,10 @@ def stats() -> dict:
                 "max_k": cfg["MAX_K"],
                 "default_k": cfg["DEFAULT_K"],
                 "max_batch_images": cfg["MAX_BATCH_IMAGES"],
+                "max_jpeg_scans": cfg["MAX_JPEG_SCANS"],
+                "max_url_bytes": cfg["MAX_URL_BYTES"],
+                "max_headers": cfg["MAX_HEADERS"],
+                "max_header_bytes": cfg["MAX_HEADER_BYTES"],
             },
             "novelty_available": hasattr(snap.encoder, "novelty_percentile"),
         }

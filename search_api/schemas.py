@@ -19,6 +19,11 @@ def _default_k() -> int:
     return int(current_app.config["DEFAULT_K"])
 
 
+# Search knobs are bounded so a request cannot buy unbounded work (or overflow FAISS's int fields).
+MAX_NPROBE = 65536  # ivf: lists probed; FAISS probes at most nlist (4 sqrt(n): 4,000 at 1M items)
+MAX_EF_SEARCH = 4096  # hnsw: candidate list length; the default is 64, recall saturates long before
+
+
 # --- requests ------------------------------------------------------------------------------
 
 
@@ -31,14 +36,14 @@ class SearchArgs(Schema):
     label = String(load_default=None, metadata={"description": "Only items with this label."})
     nprobe = Integer(
         load_default=None,
-        validate=Range(min=1),
+        validate=Range(min=1, max=MAX_NPROBE),
         metadata={
             "description": "ivf indexes: inverted lists probed (more: slower, better recall); ignored by other types."
         },
     )
     ef_search = Integer(
         load_default=None,
-        validate=Range(min=1),
+        validate=Range(min=1, max=MAX_EF_SEARCH),
         metadata={
             "description": "hnsw indexes: search breadth (more: slower, better recall); ignored by other types."
         },
