@@ -47,6 +47,7 @@ from indexer.segments import (
     union_ids,
     write_checked,
 )
+from indexer.store import live_item_ids
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,9 @@ class Publisher:
 
     def _publish(self, session: Session) -> int:
         parent = session.get(Generation, self.parent_id) if self.parent_id is not None else None
-        labels = Counter(_parent_labels(session, parent) if parent is not None and not self.rebuild else {})
+        incremental = parent is not None and not self.rebuild
+        labels = Counter(_parent_labels(session, parent) if incremental else {})
+        checksum = (parent.ids_checksum or ids_checksum(live_item_ids(session))) if incremental else None
         enc, st = self.encoder, self.settings
         gen = Generation(
             status="building", faiss_file="", item_count=0, ids_sha256="",
@@ -226,7 +229,7 @@ class Publisher:
             gen.summary = {"labels": _positive(Counter(d.file.label for d in self.embedded))}
         else:
             gen.item_count = parent.item_count + len(added) - len(removed)
-            gen.ids_checksum = add_checksum(parent.ids_checksum, added, removed)
+            gen.ids_checksum = add_checksum(checksum, added, removed)
             labels.update(changes.labels)
             gen.summary = {"labels": _positive(labels)}
         gen.run_summary = {k: v for k, v in self.summary.as_dict().items() if k != "problems"}

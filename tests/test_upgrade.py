@@ -149,6 +149,11 @@ def test_an_index_written_at_0001_upgrades_in_place(legacy, tmp_path):
 
     s = run_index(inventory, model, index)  # reconciles: 2 deleted again, 4 new
     assert (s.added, s.deleted) == (4, 2)
+    snap = open_snapshot(index)  # built on a 0001 generation: its summary and checksum filled in
+    try:
+        assert snap.generation.ids_checksum is not None and sum(snap.labels().values()) == 28
+    finally:
+        snap.close()
     assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "ref"))
     assert [p.name for p in (index / "generations").iterdir()] == ["000002.faiss"]  # a segment like any other
     out = CliRunner().invoke(cli, ["compact", str(index), "--all", "--keep", "1"])
