@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
 PARALLEL_PLAN_ITEMS = 50_000  # from this many live items a no-change scan is worth splitting
+MAX_PLAN_WORKERS = 8
 FULL_BELOW_BYTES = 1 << 20  # an I/O error with less free space than this is taken for a full disk
 Embedder = Callable[..., Iterator[EmbeddedBatch]]
 
@@ -125,7 +126,9 @@ def run_index(
             cur = current_generation(session)
             metric, index_type = _settings(cur, fingerprint, opts)
             parent_id, live_count = (cur.id, cur.item_count) if cur is not None else (None, 0)
-        workers = opts.plan_workers or (available_cores() if live_count >= PARALLEL_PLAN_ITEMS else 1)
+        workers = opts.plan_workers or (
+            min(MAX_PLAN_WORKERS, available_cores()) if live_count >= PARALLEL_PLAN_ITEMS else 1
+        )
         plan = plan_changes(engine, index_dir, inventory, opts.full, live_count, workers)
         summary = JobSummary(unchanged=plan.unchanged, skipped=plan.still_skipped)
         if on_total:
