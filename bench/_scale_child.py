@@ -24,6 +24,12 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children (planning workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def hash_embedder(files, encoder, *, batch_size=32, workers=2, limits=None):  # noqa: ANN001, ANN201
     """A fast stand-in for decoding and embedding: each file's bytes are read and hashed (as the
     real ingest does), and its vector is a fixed random projection of the sha256 digest.
@@ -69,11 +75,12 @@ def index(args: dict) -> dict:
     before = rss_mb()
     opts = IndexOptions(checkpoint_every=args.get("checkpoint_every", 5000))
     started = time.time()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     summary = run_index(args["inventory"], args["model"], args["index"], opts, embedder=hash_embedder)
     return {
         "started": started,
         "seconds": time.perf_counter() - t,
+        "cpu_seconds": cpu_seconds() - cpu,
         "rss_after_imports_mb": before,
         "peak_rss_mb": rss_mb(),
         "added": summary.added,

@@ -201,6 +201,7 @@ def add_ten(python: str, inventory: Path, model: Path, index: Path, api: ApiServ
     return {
         "commit_s": seen["committed"] - run["started"],
         "run_s": run["seconds"],
+        "cpu_s": run.get("cpu_seconds"),
         "served_after_commit_s": seen["served"] - seen["committed"],
         "peak_rss_mb": run["peak_rss_mb"],
         "rss_after_imports_mb": run["rss_after_imports_mb"],
@@ -214,9 +215,13 @@ def measure(n: int, python: str, model: Path, work: Path, label: str, args: argp
     index.parent.mkdir(parents=True, exist_ok=True)
     row: dict = {"items": n, "code": label}
     build_every = args.checkpoint_every
-    if n > args.first_build_max:  # too slow for this code: build in one publish, measure the rest
-        build_every = n + 1
-        row["first_build_note"] = f"not measured above {args.first_build_max:,} items (built in one publish)"
+    if (
+        n > args.first_build_max
+    ):  # too slow (or too much disk) for this code: build coarsely, measure the rest
+        build_every = args.coarse_checkpoint
+        row["first_build_note"] = (
+            f"not measured above {args.first_build_max:,} items (built with checkpoints of {build_every:,})"
+        )
     base = {"inventory": str(inventory), "model": str(model), "index": str(index)}
     with DiskPeak(index) as disk:
         built = child(python, {"task": "index", **base, "checkpoint_every": build_every})
@@ -228,10 +233,12 @@ def measure(n: int, python: str, model: Path, work: Path, label: str, args: argp
 
     found = child(python, {"task": "search", "index": str(index)})
     row.update(search_p50_ms=found["p50_ms"], search_p90_ms=found["p90_ms"], segments=found["segments"])
+    row["load_average"] = [round(x, 2) for x in os.getloadavg()]
 
     runs = [child(python, {"task": "index", **base}) for _ in range(args.repeat)]
     row["no_change_s"] = statistics.median(r["seconds"] for r in runs)
     row["no_change_runs_s"] = [round(r["seconds"], 3) for r in runs]
+    row["no_change_cpu_s"] = statistics.median(r.get("cpu_seconds", float("nan")) for r in runs)
     row["no_change_peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     row["rss_after_imports_mb"] = runs[0]["rss_after_imports_mb"]
     print(f"  {label} {n:,}: no change {row['no_change_s']:.2f} s", flush=True)
@@ -267,6 +274,7 @@ COLUMNS = [
     ("final_mb", "index MB", ".0f"),
     ("search_p50_ms", "search p50 ms", ".2f"),
     ("no_change_s", "no-change s", ".2f"),
+    ("no_change_cpu_s", "(cpu s)", ".2f"),
     ("no_change_peak_rss_mb", "no-change MB", ".0f"),
     ("add10_commit_s", "add-10 s", ".2f"),
     ("add10_peak_rss_mb", "add-10 MB", ".0f"),
@@ -282,16 +290,31 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128, help="Vector dimension (128 or 64).")
     ap.add_argument("--checkpoint-every", type=int, default=5000)
     ap.add_argument("--first-build-max", type=int, default=10**9, help="Skip measuring first builds above.")
+    ap.add_argument(
+        "--coarse-checkpoint",
+        type=int,
+        default=200_000,
+        help="Checkpoints of an unmeasured build (the code before segments rewrites the whole index at "
+        "each one, and passes one SQL parameter per file of a checkpoint: keep it under SQLite's limit).",
+    )
+    ap.add_argument("--append", action="store_true", help="Keep the other sizes' rows already in --out.")
     ap.add_argument("--repeat", type=int, default=3, help="No-change and add-10 runs per size.")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--keep-index", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--report", type=Path, nargs="+", help="Print a markdown table of these result files.")
     args = ap.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
 
     model = random_model_dir(args.work / f"model-{args.dim}", code_channels=args.dim // 16)
     rows = []
+    if args.append and args.out and args.out.exists():
+        rows = [r for r in json.loads(args.out.read_text())["rows"] if r["items"] not in args.sizes]
     for n in args.sizes:
         rows.append(measure(n, args.python, model, args.work, args.label, args))
+        rows.sort(key=lambda r: r["items"])
         print(table(rows, COLUMNS), flush=True)
         write_json(
             args.out,
@@ -307,6 +330,38 @@ def main() -> None:
                 "rows": rows,
             },
         )
+
+
+FIGURES = [  # (key, label, format, target at 1M)
+    ("first_build_s", "first build, s", ".1f", None),
+    ("first_build_disk_ratio", "first build: peak disk / final index", ".2f", "<= 2"),
+    ("final_mb", "index size, MB", ".0f", None),
+    ("search_p50_ms", "search p50 (1 vector, k=10), ms", ".2f", None),
+    ("no_change_s", "no-change run, s", ".2f", "<= 3"),
+    ("no_change_cpu_s", "no-change run, CPU s", ".2f", None),
+    ("no_change_peak_rss_mb", "no-change run, peak RSS MB", ".0f", "<= 500"),
+    ("add10_commit_s", "add 10 images, start to commit, s", ".2f", "<= 3"),
+    ("add10_peak_rss_mb", "add 10 images, peak RSS MB", ".0f", None),
+    ("served_after_commit_s", "served after commit, s", ".2f", "<= 2"),
+]
+
+
+def report(paths: list[Path]) -> str:
+    """A markdown table of the runs in `paths` (scale result files), sizes as columns."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    sizes = sorted({r["items"] for run in runs for r in run["rows"]})
+    head = "| figure | code | " + " | ".join(f"{n:,}" for n in sizes) + " | 10k -> 1M | target at 1M |"
+    lines = [head, "|" + "---|" * (len(sizes) + 4)]
+    for key, label, fmt, target in FIGURES:
+        for run in runs:
+            by = {r["items"]: r.get(key) for r in run["rows"]}
+            cells = [format(by[n], fmt) if by.get(n) is not None else "-" for n in sizes]
+            lo, hi = by.get(min(sizes)), by.get(max(sizes))
+            growth = f"x{hi / lo:.1f}" if lo and hi else "-"
+            lines.append(
+                f"| {label} | {run['code']} | " + " | ".join(cells) + f" | {growth} | {target or ''} |"
+            )
+    return "\n".join(lines)
 
 
 def _git_head(python: str) -> str | None:

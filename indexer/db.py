@@ -7,6 +7,7 @@ Tables
     generation_segments  the segments of each generation, each with its deletion set
     generation_changes   what each generation added, updated or deleted (for rollback)
     ledger               one row per file seen in the inventory: its last outcome and why
+    folders              per folder, a digest of its files as last settled (a no-change shortcut)
     index_state          a single row pointing at the current generation (the commit point)
 """
 
@@ -150,6 +151,21 @@ class LedgerEntry(Base):
     item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"))
     generation_id: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Folder(Base):
+    """A folder of the inventory whose files were all settled by a run, as that run scanned them.
+
+    When a later scan of the folder's own files gives the same `digest`, none of them changed:
+    the plan counts them without reading their ledger rows.
+    """
+
+    __tablename__ = "folders"
+
+    path: Mapped[str] = mapped_column(String, primary_key=True)  # relative, '/'-terminated; "" = root
+    digest: Mapped[str] = mapped_column(String(32))  # plan.folder_digest of its files' names and stats
+    live: Mapped[int] = mapped_column(Integer)  # its files that are live items
+    skipped: Mapped[int] = mapped_column(Integer)  # its files skipped (and still so while unchanged)
 
 
 class IndexState(Base):

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from indexer.bulk import chunk_size, chunks
 from indexer.db import (
     DATABASE_FILE,
+    Folder,
     Generation,
     GenerationChange,
     GenerationSegment,
@@ -222,6 +223,7 @@ def rollback(index_dir: str | Path, engine: Engine) -> GenerationInfo:
                 raise RollbackError(f"segment {info.file} of generation {target.id} is missing")
         _undo_changes(session, cur, target)
         _place_live_items(session, Path(index_dir), target.id, listed)
+        session.execute(delete(Folder))  # ledger rows restored: no folder is settled any more
         make_current(session, target)  # marks `cur` kept ...
         cur.status = "rolled_back"  # ... but it is undone: never a rollback target, its files orphans
         session.flush()

@@ -27,13 +27,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from encoder.model_dir import copy_model_dir, read_model_dir
+from indexer import folders
 from indexer.compaction import MergePolicy, compact
 from indexer.db import DATABASE_FILE, Generation, open_database
 from indexer.generations import cleanup_orphans, current_generation, index_lock, prune
 from indexer.ingest import EmbeddedBatch, IngestLimits
 from indexer.ledger import item_sha256, ledger_rows
 from indexer.plan import Plan, make_plan, resolve_touches
-from indexer.plan_workers import available_cores, plan_in_parallel
+from indexer.plan_workers import available_cores, plan_in_parallel, plan_range
 from indexer.publish import BuildSettings, Publisher
 from indexer.scan import scan_inventory
 from indexer.segments import StorageWriteError
@@ -134,6 +135,7 @@ def run_index(
         if on_total:
             on_total(len(plan.embed))
         if not plan.changes_anything and not (opts.full and cur is not None):
+            settle_folders(engine, plan)  # compared and unchanged: settled as they are
             prune(index_dir, engine, opts.keep_generations)
             summary.generation_id = parent_id
             summary.seconds = time.perf_counter() - t0
@@ -154,6 +156,7 @@ def run_index(
         # A rebuild of a live index publishes once at the end; otherwise every checkpoint is a generation.
         checkpoint = None if rebuild else opts.checkpoint_every
         publisher.stage_plan(plan, plan.live_at_path)
+        publisher.before_first_commit = lambda session: forget_folders(session, plan)
         files, plan.embed = plan.embed, []
         for batch in run(
             files, encoder, batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits
@@ -166,6 +169,7 @@ def run_index(
                 _publish_and_tidy(publisher, opts, summary)
         if publisher.has_staged() or rebuild:
             _publish_and_tidy(publisher, opts, summary, final=True)
+        settle_folders(engine, plan)
         prune(index_dir, engine, opts.keep_generations)
         summary.generation_id = summary.published[-1] if summary.published else parent_id
         summary.seconds = time.perf_counter() - t0
@@ -196,20 +200,41 @@ def _publish_and_tidy(
 def plan_changes(
     engine: Engine, index_dir: Path, inventory: str | Path, full: bool, live_count: int, workers: int = 1
 ) -> Plan:
-    """Merge-join the scan with the ledger (in `workers` processes, by path range, when more than
-    one); if the ledger's live items disagree with the current generation's count, plan again
-    against the ledger joined with the items (slower, thorough)."""
-    plan = plan_in_parallel(inventory, index_dir / DATABASE_FILE, full, workers) if workers > 1 else None
+    """Compare the folder with the catalog, folder by folder (settled, unchanged folders cost their
+    `stat`s only), in `workers` processes when more than one. If the ledger's live items disagree
+    with the current generation's count, plan again against the ledger joined with the items
+    (slower, thorough) and forget every settled folder."""
+    catalog = index_dir / DATABASE_FILE
+    plan = plan_in_parallel(inventory, catalog, full, workers) if workers > 1 else None
     if plan is None:
-        plan = make_plan(scan_inventory(inventory), ledger_rows(engine), full=full)
+        plan = plan_range(inventory, catalog, None, None, full)
     if plan.ledger_live != live_count:
         logger.warning(
             "the ledger records %d live items, the current generation %d: checking against the items",
             plan.ledger_live, live_count,
         )  # fmt: skip
         plan = make_plan(scan_inventory(inventory), ledger_rows(engine, thorough=True), full=full)
+        plan.thorough = True
     resolve_touches(plan, lambda ids: item_sha256(engine, ids))
     return plan
+
+
+def forget_folders(session: Session, plan: Plan) -> None:
+    """In the run's first transaction: the folders it compares (or lost) are no longer settled."""
+    db = session.connection().connection.dbapi_connection
+    if plan.thorough:
+        folders.forget_all(db)
+    elif plan.settle or plan.vanished:
+        folders.forget(db, [*plan.settle, *plan.vanished])
+
+
+def settle_folders(engine: Engine, plan: Plan) -> None:
+    """After the run's last publish: record the folders it compared, as the ledger now has them."""
+    if not plan.settle:
+        return
+    with Session(engine) as session, session.begin():
+        n = folders.settle(session.connection().connection.dbapi_connection, plan.settle)
+    logger.info("settled %d of %d compared folders", n, len(plan.settle))
 
 
 @contextmanager
@@ -227,7 +252,9 @@ def disk_full_is_clear(index_dir: Path) -> Iterator[None]:
     except (OSError, OperationalError) as e:
         if not _disk_full(e, index_dir):
             raise
-        where = "opening the catalog" if isinstance(e, OperationalError) else "writing the index"
+        where = "writing the index"
+        if isinstance(e, OperationalError):
+            where = "opening the catalog" if "i/o error" in str(e.orig).lower() else "writing the catalog"
         raise StorageWriteError(errno.ENOSPC, f"disk full while {where}: {_stays_current(index_dir)}") from e
 
 

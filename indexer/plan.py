@@ -1,19 +1,25 @@
 """Compare the inventory folder with the ledger: what to embed, delete, or leave alone.
 
-Both sides stream in path order and are merge-joined, so memory holds only what changed:
+Folder by folder (`plan_folders`): the files directly in a folder are scanned (one `stat` each)
+and their names and stats digested; when the digest equals the one recorded when the folder was
+last settled (`folders` table), nothing in it changed and its ledger rows are not even read.
+Otherwise the folder's files and its ledger rows, both sorted by path, are merge-joined
+(`merge_into`), so memory holds only what changed. `make_plan` merge-joins a whole scan with the
+whole ledger (the thorough path, and tests).
 
-    plan = make_plan(scan_inventory(root), ledger_rows(conn), full=False)
-
-Unchanged files cost a `stat` (done by the scan). A file whose size or mtime changed is hashed,
-and re-embedded only if its bytes really changed (`resolve_touches`).
+A file whose size or mtime changed is hashed, and re-embedded only if its bytes really changed
+(`resolve_touches`).
 
 A ledger row is `(path, state, reason, size, mtime_ns, item_id)` (`LedgerRow`; the stream gives
-plain tuples, faster to make a million of); `item_id` is the live item at that path (the fast query takes it from embedded rows, the thorough one joins the items). The writer keeps "a live item <=> an embedded ledger row"; `Plan.ledger_live`
-counts them so the job can check that against the current generation's item count.
+plain tuples, faster to make a million of); `item_id` is the live item at that path (the fast
+query takes it from embedded rows, the thorough one joins the items). The writer keeps "a live
+item <=> an embedded ledger row"; `Plan.ledger_live` counts them (settled folders by their
+recorded count) so the job can check that against the current generation's item count.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -43,20 +49,89 @@ class Plan:
     live_at_path: dict[str, int] = field(default_factory=dict)  # files to embed that have a live item
     ledger_live: int = 0  # embedded ledger rows seen (= live items, when the catalog is consistent)
     scanned: int = 0
+    settle: dict[str, str] = field(default_factory=dict)  # folders compared file by file -> their digest
+    vanished: list[str] = field(default_factory=list)  # settled folders no longer on disk
+    thorough: bool = False  # planned against the ledger joined with the items: forget every folder
 
     @property
     def changes_anything(self) -> bool:
         return bool(self.embed or self.delete or self.touch or self.newly_skipped or self.gone)
 
+    def sort(self) -> Plan:
+        """Every list in a canonical order (files by path), whatever order folders were planned in."""
+        for files in (self.embed, self.newly_skipped):
+            files.sort(key=_path)
+        for pairs in (self.touch, self.stat_changed):
+            pairs.sort(key=_first_path)
+        self.delete.sort()
+        self.gone.sort()
+        self.vanished.sort()
+        return self
+
+
+class StoredFolder(NamedTuple):
+    digest: str
+    live: int
+    skipped: int
+
+
+def folder_digest(files: list[ScannedFile]) -> str:
+    """A digest of the names, sizes, mtimes and skip reasons of a folder's own files."""
+    key = repr([(f[0], f[3], f[4], f[5]) for f in files])
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def plan_folders(
+    folders: Iterable[tuple[str, list[ScannedFile]]],
+    stored: dict[str, StoredFolder],
+    rows_in: Callable[[str], Iterable[tuple]],
+    full: bool = False,
+) -> Plan:
+    """Decide each file's fate folder by folder. `folders`: (folder prefix, its own files sorted);
+    `stored`: the settled folders (prefix -> digest and counts); `rows_in(prefix)`: the ledger rows
+    of the files directly in a folder, sorted. Stored folders no longer on disk lose their files."""
+    plan = Plan()
+    seen = set()
+    for prefix, files in folders:
+        seen.add(prefix)
+        known = stored.get(prefix)
+        digest = folder_digest(files)
+        if known is not None and known.digest == digest and not full:
+            plan.unchanged += known.live
+            plan.ledger_live += known.live
+            plan.still_skipped += known.skipped
+            plan.scanned += len(files)
+            continue
+        plan.settle[prefix] = digest
+        merge_into(plan, files, rows_in(prefix), full)
+    for prefix in sorted(set(stored) - seen):
+        plan.vanished.append(prefix)
+        merge_into(plan, [], rows_in(prefix), full)
+    return plan.sort()
+
+
+def _path(f: ScannedFile) -> str:
+    return f[0]
+
+
+def _first_path(pair: tuple) -> str:
+    return pair[0][0]
+
 
 def make_plan(scanned: Iterable[ScannedFile], ledger: Iterable[tuple], full: bool = False) -> Plan:
     """Decide each file's fate from two streams sorted by path (files on disk, ledger rows laid out
-    as `LedgerRow`; plain tuples will do).
-
-    Files whose stat changed are left in `plan.stat_changed`: call `resolve_touches` next.
-    This loop runs once per file: an unchanged file takes the shortest path.
-    """
+    as `LedgerRow`; plain tuples will do). Files whose stat changed are left in
+    `plan.stat_changed`: call `resolve_touches` next."""
     plan = Plan()
+    merge_into(plan, scanned, ledger, full)
+    return plan
+
+
+def merge_into(plan: Plan, scanned: Iterable[ScannedFile], ledger: Iterable[tuple], full: bool) -> None:
+    """Merge-join files and ledger rows (both sorted by path) into `plan`.
+
+    This loop runs once per file compared: an unchanged file takes the shortest path.
+    """
     rows = iter(ledger)
     row = next(rows, None)
     previous = ""
@@ -85,9 +160,8 @@ def make_plan(scanned: Iterable[ScannedFile], ledger: Iterable[tuple], full: boo
         _gone(plan, row)
         row = next(rows, None)
     plan.unchanged += unchanged
-    plan.scanned = scanned_n
+    plan.scanned += scanned_n
     plan.ledger_live += live
-    return plan
 
 
 def _gone(plan: Plan, row: tuple) -> None:
@@ -147,7 +221,7 @@ def resolve_touches(plan: Plan, item_sha256: Callable[[list[int]], dict[int, str
         else:
             _embed(plan, f, item_id)
     plan.stat_changed = []
-    plan.embed.sort(key=lambda f: f.rel_path)  # in path order, like a full scan
+    plan.sort()
 
 
 def _same_bytes(f: ScannedFile, sha256: str | None) -> bool:

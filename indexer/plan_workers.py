@@ -1,14 +1,15 @@
-"""Planning on several cores: each process scans a range of the inventory's top-level entries and
-merge-joins it with the same range of the ledger; the partial plans are joined in path order.
+"""Planning the run: folder by folder against the catalog, on one core or several.
 
+    plan = plan_range(inventory, catalog_path, None, None, full=False)        # one process
     plan = plan_in_parallel(inventory, catalog_path, full=False, workers=2)   # None: not worth it
 
-A no-change run over a million files is a million `stat` calls and a million comparisons; both
-split cleanly by path range (a file under top-level entry `key` has a path in [key, next key)).
-The workers are plain `python -m indexer.plan_workers` processes that import only the light
-modules (`scan`, `plan`, sqlite3): no torch, no SQLAlchemy, no fork of a process with threads. They
-read the catalog read-only while the caller holds the writer lock, so every range sees the same
-ledger. A worker's plan comes back pickled: small when little changed.
+A no-change run over a million files is a million `stat` calls; they split cleanly by top-level
+folder (a file under top-level folder `key` has a path in [key, next key)). This process takes the
+root's own files and the first range of top-level folders; each other range goes to a plain
+`python -m indexer.plan_workers` process that imports only the light modules (`scan`, `plan`,
+`folders`, sqlite3): no torch, no SQLAlchemy, no fork of a process with threads. All read the
+catalog read-only while the caller holds the writer lock, so they see the same ledger. A worker's
+plan comes back pickled: small when little changed.
 """
 
 from __future__ import annotations
@@ -22,14 +23,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from indexer.plan import Plan, make_plan
-from indexer.scan import image_extensions, scan_inventory, top_level_keys
-
-LEDGER_RANGE = (
-    "SELECT path, state, reason, size, mtime_ns, CASE WHEN state = 'embedded' THEN item_id END "
-    "FROM ledger WHERE (:lo IS NULL OR path >= :lo) AND (:hi IS NULL OR path < :hi) ORDER BY path"
-)
-FETCH_ROWS = 8192
+from indexer.folders import rows_in, stored_folders
+from indexer.plan import Plan, plan_folders
+from indexer.scan import image_extensions, scan_folders, top_level_folders
 
 
 def available_cores() -> int:
@@ -42,12 +38,12 @@ def available_cores() -> int:
 def plan_in_parallel(inventory: str | Path, catalog: Path, full: bool, workers: int) -> Plan | None:
     """The plan of the whole inventory, computed by `workers` processes (this one included);
     None when the inventory has too few top-level entries to split."""
-    keys = top_level_keys(inventory)
+    keys = top_level_folders(inventory)
     workers = min(workers, len(keys))
     if workers < 2:
         return None
     cut = [keys[len(keys) * i // workers] for i in range(1, workers)]
-    bounds = list(zip([None, *cut], [*cut, None], strict=True))
+    bounds = list(zip([None, *cut], [*cut, None], strict=True))  # the root (and its files) in the first
     exts = sorted(image_extensions())
     procs = []
     for lo, hi in bounds[1:]:
@@ -70,20 +66,22 @@ def plan_in_parallel(inventory: str | Path, catalog: Path, full: bool, workers: 
 
 
 def plan_range(
-    inventory: str | Path, catalog: str | Path, lo: str | None, hi: str | None, full: bool, extensions
-) -> Plan:  # noqa: ANN001
-    """The plan of the files under the top-level entries in [lo, hi), against that ledger range."""
+    inventory: str | Path,
+    catalog: str | Path,
+    lo: str | None,
+    hi: str | None,
+    full: bool,
+    extensions=None,  # noqa: ANN001 - file extensions (default: the encoder's)
+) -> Plan:
+    """The plan of the top-level folders in [lo, hi) (with the root's own files when `lo` is None),
+    each folder compared with its ledger rows unless it is settled and unchanged."""
     db = sqlite3.connect(f"file:{Path(catalog).resolve()}?mode=ro", uri=True, timeout=30)
     try:
-        cursor = db.execute(LEDGER_RANGE, {"lo": lo, "hi": hi})
-        return make_plan(scan_inventory(inventory, lo, hi, extensions), _rows(cursor), full=full)
+        stored = stored_folders(db, lo, hi)
+        folders = scan_folders(inventory, lo, hi, root_files=lo is None, extensions=extensions)
+        return plan_folders(folders, stored, lambda prefix: rows_in(db, prefix), full=full)
     finally:
         db.close()
-
-
-def _rows(cursor: sqlite3.Cursor):  # noqa: ANN202 - an iterator of ledger tuples
-    while rows := cursor.fetchmany(FETCH_ROWS):
-        yield from rows
 
 
 def join_plans(parts: list[Plan]) -> Plan:
@@ -96,9 +94,11 @@ def join_plans(parts: list[Plan]) -> Plan:
                 mine.extend(theirs)
             elif isinstance(mine, dict):
                 mine.update(theirs)
+            elif isinstance(mine, bool):
+                setattr(plan, f.name, mine or theirs)
             else:
                 setattr(plan, f.name, mine + theirs)
-    return plan
+    return plan.sort()
 
 
 def _worker() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,9 @@ class Publisher:
             str, int
         ] = {}  # path -> live item, for files of the plan that may be rejected
         self._written: Path | None = None  # the segment file of the publish in progress
+        self.before_first_commit: Callable[[Session], None] | None = (
+            None  # run in the run's first transaction
+        )
 
     @property
     def staged_embeddings(self) -> int:
@@ -137,8 +141,9 @@ class Publisher:
         """
         if self.parent_id is not None and not self.embedded and not self.delete_ids and not self.rebuild:
             with Session(self.engine) as session, session.begin():
+                self._first_transaction(session)
                 self._write_ledger(session, self.parent_id, {}, {})
-            self.ledger_only = []
+            self.ledger_only, self.before_first_commit = [], None
             return self.parent_id
         self._written = None
         try:
@@ -154,11 +159,17 @@ class Publisher:
                 raise self._not_published(full) from e
             raise
         # committed: this generation is now what readers open
+        self.before_first_commit = None
         self.summary.published.append(gen_id)
         self.parent_id = gen_id
         self.rebuild = False
         self.delete_ids, self.ledger_only, self.embedded, self.vectors = [], [], [], []
         return gen_id
+
+    def _first_transaction(self, session: Session) -> None:
+        """Run `before_first_commit` in this transaction, until one of the run's commits succeeds."""
+        if self.before_first_commit is not None:
+            self.before_first_commit(session)
 
     def _not_published(self, e: StorageWriteError) -> StorageWriteError:
         still = (
@@ -208,6 +219,7 @@ class Publisher:
             seg.index_type, seg.byte_size, seg.sha256 = kind, done.byte_size, done.sha256
             seg.ids_sha256 = _sorted_ids_sha256(vector_ids)
 
+        self._first_transaction(session)
         if self.record_changes and changes.rows:
             session.execute(insert(GenerationChange), changes.rows)
         self._write_ledger(session, gen.id, changes.ledger_items, changes.deleted_paths)

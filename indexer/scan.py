@@ -62,10 +62,27 @@ def scan_inventory(
     yield from _scan_folder(root, root, "", os.path.basename(root), True, exts, lo, hi)
 
 
-def top_level_keys(root: str | Path) -> list[str]:
-    """The sort keys of the inventory's top-level entries (a folder `b` is "b/"), in scan order."""
+def scan_folders(
+    root: str | Path,
+    lo: str | None = None,
+    hi: str | None = None,
+    root_files: bool = True,
+    extensions: Iterable[str] | None = None,
+) -> Iterator[tuple[str, list[ScannedFile]]]:
+    """Every folder under `root` as (its relative path + "/", or "" for the root; its own files in
+    path order), folders in path order. With `lo`/`hi`, only the top-level folders whose key
+    ("name/") is in [lo, hi) and their subfolders; the root's own files only with `root_files`."""
     root = os.path.realpath(root)
-    return [key for key, _, _ in _entries(root)]
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"inventory folder not found: {root}")
+    exts = _any_case(frozenset(extensions) if extensions is not None else image_extensions())
+    yield from _folders(root, root, "", os.path.basename(root), True, exts, lo, hi, root_files)
+
+
+def top_level_folders(root: str | Path) -> list[str]:
+    """The sort keys ("name/") of the inventory's top-level folders, in scan order."""
+    root = os.path.realpath(root)
+    return [key for key, _, is_dir in _entries(root) if is_dir]
 
 
 def _any_case(extensions: frozenset[str]) -> frozenset[str]:
@@ -139,6 +156,52 @@ def _scan_folder(
                 yield _new(ScannedFile, (prefix + key, entry.path, label, st.st_size, st.st_mtime_ns, None))
                 continue
         yield _scan_one(root, label, prefix + key, entry, valid and key == name, exts)
+
+
+def _folders(
+    root: str,
+    folder: str,
+    prefix: str,
+    label: str,
+    valid: bool,
+    exts: frozenset[str],
+    lo: str | None = None,
+    hi: str | None = None,
+    own_files: bool = True,
+) -> Iterator[tuple[str, list[ScannedFile]]]:
+    """(prefix, own files) of `folder`, then of each subfolder (in [lo, hi) when given)."""
+    try:
+        keyed = _entries(folder)
+    except OSError:
+        return  # an unreadable folder: its files cannot be listed (they leave the index)
+    files, subfolders = [], []
+    for key, entry, is_dir in keyed:
+        if is_dir:
+            if (lo is None or key >= lo) and (hi is None or key < hi):
+                subfolders.append((key, entry))
+        elif own_files:
+            files.append(_scan_file(root, prefix, label, valid, exts, key, entry))
+    if own_files:
+        yield prefix, files
+    for key, entry in subfolders:
+        name = entry.name
+        yield from _folders(root, entry.path, prefix + key, name, valid and key == name + "/", exts)
+
+
+def _scan_file(
+    root: str, prefix: str, label: str, valid: bool, exts: frozenset[str], key: str, entry: os.DirEntry
+) -> ScannedFile:
+    """One file of a folder: the usual image takes the shortest path."""
+    name = entry.name
+    dot = name.rfind(".")
+    if valid and key is name and dot > 0 and name[dot:] in exts and entry.is_file(follow_symlinks=False):
+        try:
+            st = entry.stat()
+        except OSError:
+            st = None
+        if st is not None:
+            return _new(ScannedFile, (prefix + key, entry.path, label, st.st_size, st.st_mtime_ns, None))
+    return _scan_one(root, label, prefix + key, entry, valid and key == name, exts)
 
 
 def _scan_one(

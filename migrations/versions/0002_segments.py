@@ -4,7 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-02 10:00:00
 
-Adds `segments`, `generation_segments`, `items.segment_id`, `generations.summary` and
+Adds `segments`, `generation_segments`, `folders`, `items.segment_id`, `generations.summary` and
 `generations.ids_checksum`. An index written at 0001 (one `generations/NNNNNN.faiss` per
 generation) upgrades in place: each current or kept generation becomes one segment that points at
 its existing file, with an empty deletion set; live items get that segment's id; the current
@@ -63,6 +63,14 @@ def upgrade() -> None:
     )
     op.create_index(
         op.f("ix_generation_segments_segment_id"), "generation_segments", ["segment_id"], unique=False
+    )
+    op.create_table(
+        "folders",
+        sa.Column("path", sa.String(), nullable=False),
+        sa.Column("digest", sa.String(length=32), nullable=False),
+        sa.Column("live", sa.Integer(), nullable=False),
+        sa.Column("skipped", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("path", name=op.f("pk_folders")),
     )
     op.add_column("items", sa.Column("segment_id", sa.Integer(), nullable=True))
     op.create_index(op.f("ix_items_segment_id"), "items", ["segment_id"], unique=False)
@@ -160,6 +168,7 @@ def downgrade() -> None:
     op.drop_column("generations", "ids_checksum")
     op.drop_index(op.f("ix_items_segment_id"), table_name="items")
     op.drop_column("items", "segment_id")
+    op.drop_table("folders")
     op.drop_index(op.f("ix_generation_segments_segment_id"), table_name="generation_segments")
     op.drop_table("generation_segments")
     op.drop_table("segments")
