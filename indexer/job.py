@@ -33,10 +33,10 @@ from indexer.db import DATABASE_FILE, Generation, open_database
 from indexer.generations import cleanup_orphans, current_generation, index_lock, prune
 from indexer.ingest import EmbeddedBatch, IngestLimits
 from indexer.ledger import item_sha256, ledger_rows
-from indexer.plan import Plan, make_plan, resolve_touches
+from indexer.plan import Plan, folder_digest, make_plan, resolve_touches
 from indexer.plan_workers import available_cores, plan_in_parallel, plan_range
 from indexer.publish import BuildSettings, Publisher
-from indexer.scan import scan_inventory
+from indexer.scan import scan_folders
 from indexer.segments import StorageWriteError
 from indexer.store import current_generation_id
 
@@ -213,8 +213,13 @@ def plan_changes(
             "the ledger records %d live items, the current generation %d: checking against the items",
             plan.ledger_live, live_count,
         )  # fmt: skip
-        plan = make_plan(scan_inventory(inventory), ledger_rows(engine, thorough=True), full=full)
-        plan.thorough = True
+        digests, files = {}, []
+        for prefix, own in scan_folders(inventory):
+            digests[prefix] = folder_digest(own)
+            files += own
+        files.sort(key=lambda f: f.rel_path)
+        plan = make_plan(files, ledger_rows(engine, thorough=True), full=full)
+        plan.thorough, plan.settle = True, digests  # every folder compared: all settle afterwards
     resolve_touches(plan, lambda ids: item_sha256(engine, ids))
     return plan
 
