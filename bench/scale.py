@@ -17,8 +17,9 @@ bookkeeping is. The same measurements run against an older checkout with its own
 (`--python`), through the same public API, for the figures before.
 
     python bench/scale.py --sizes 10000 100000 1000000 --out bench/results/scale.json
-    python bench/scale.py --sizes 10000 100000 --python /tmp/old-main/.venv/bin/python --label before \\
-        --out bench/results/scale-before.json
+    python bench/scale.py --sizes 10000 100000 1000000 --first-build-max 100000 \\
+        --python /tmp/old-main/.venv/bin/python --label before --out bench/results/scale.json
+    python bench/scale.py --report bench/results/scale.json      # the markdown table of docs/scale.md
 """
 
 from __future__ import annotations
@@ -301,7 +302,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="No-change and add-10 runs per size.")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--keep-index", action="store_true")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="Results file; runs are kept by --label.")
     ap.add_argument("--report", type=Path, nargs="+", help="Print a markdown table of these result files.")
     args = ap.parse_args()
     if args.report:
@@ -309,27 +310,26 @@ def main() -> None:
         return
 
     model = random_model_dir(args.work / f"model-{args.dim}", code_channels=args.dim // 16)
+    results = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
+    results = {"benchmark": "scale", "runs": {}, **results}
     rows = []
-    if args.append and args.out and args.out.exists():
-        rows = [r for r in json.loads(args.out.read_text())["rows"] if r["items"] not in args.sizes]
+    if args.append and args.label in results["runs"]:
+        rows = [r for r in results["runs"][args.label]["rows"] if r["items"] not in args.sizes]
     for n in args.sizes:
         rows.append(measure(n, args.python, model, args.work, args.label, args))
         rows.sort(key=lambda r: r["items"])
         print(table(rows, COLUMNS), flush=True)
-        write_json(
-            args.out,
-            {
-                "benchmark": "scale",
-                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "machine": machine(),
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "code": args.label,
-                "python": args.python,
-                "git": _git_head(args.python),
-                "dim": args.dim,
-                "rows": rows,
-            },
-        )
+        results["runs"][args.label] = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": machine(),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "code": args.label,
+            "python": args.python,
+            "git": _git_head(args.python),
+            "dim": args.dim,
+            "rows": rows,
+        }
+        write_json(args.out, results)
 
 
 FIGURES = [  # (key, label, format, target at 1M)
@@ -348,7 +348,7 @@ FIGURES = [  # (key, label, format, target at 1M)
 
 def report(paths: list[Path]) -> str:
     """A markdown table of the runs in `paths` (scale result files), sizes as columns."""
-    runs = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [run for p in paths for run in json.loads(Path(p).read_text())["runs"].values()]
     sizes = sorted({r["items"] for run in runs for r in run["rows"]})
     head = "| figure | code | " + " | ".join(f"{n:,}" for n in sizes) + " | 10k -> 1M | target at 1M |"
     lines = [head, "|" + "---|" * (len(sizes) + 4)]
