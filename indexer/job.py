@@ -32,7 +32,7 @@ from indexer.compaction import MergePolicy, compact
 from indexer.db import DATABASE_FILE, Generation, open_database
 from indexer.generations import cleanup_orphans, current_generation, index_lock, prune
 from indexer.ingest import EmbeddedBatch, IngestLimits
-from indexer.ledger import item_sha256, ledger_rows
+from indexer.ledger import item_sha256, ledger_joined_with_items
 from indexer.plan import Plan, folder_digest, make_plan, resolve_touches
 from indexer.plan_workers import available_cores, plan_in_parallel, plan_range
 from indexer.publish import BuildSettings, Publisher
@@ -218,7 +218,7 @@ def plan_changes(
             digests[prefix] = folder_digest(own)
             files += own
         files.sort(key=lambda f: f.rel_path)
-        plan = make_plan(files, ledger_rows(engine, thorough=True), full=full)
+        plan = make_plan(files, ledger_joined_with_items(engine), full=full)
         plan.thorough, plan.settle = True, digests  # every folder compared: all settle afterwards
     resolve_touches(plan, lambda ids: item_sha256(engine, ids))
     return plan

@@ -70,15 +70,10 @@ def _generation(g: Generation) -> dict:
     }
 
 
-# --- the ledger in path order, for planning (indexer.plan) ----------------------------------------
+# --- the ledger for planning (indexer.plan) -------------------------------------------------------
 
-# Fast: the ledger alone. Only an embedded row names a live item (the writer keeps it so).
-LEDGER_IN_PATH_ORDER = (
-    "SELECT path, state, reason, size, mtime_ns, CASE WHEN state = 'embedded' THEN item_id END "
-    "FROM ledger ORDER BY path"
-)
-# Thorough: each row with the live item at its path, plus live items the ledger lacks. A live item
-# behind a row that is not `embedded` shows as `failed`, so the plan re-examines its file.
+# Each row with the live item at its path, plus live items the ledger lacks. A live item behind a
+# row that is not `embedded` shows as `failed`, so the plan re-examines its file.
 LEDGER_JOINED_WITH_ITEMS = """
 SELECT path, state, reason, size, mtime_ns, item_id FROM (
     SELECT l.path AS path, CASE WHEN i.id IS NOT NULL AND l.state != 'embedded' THEN 'failed'
@@ -93,13 +88,13 @@ SELECT path, state, reason, size, mtime_ns, item_id FROM (
 FETCH_ROWS = 8192
 
 
-def ledger_rows(engine: Engine, thorough: bool = False) -> Iterator[tuple]:
-    """The ledger in path order, as tuples laid out like `LedgerRow`, streamed from one SELECT (one
-    consistent read). Read through the DBAPI cursor: never a million ORM objects."""
+def ledger_joined_with_items(engine: Engine) -> Iterator[tuple]:
+    """The whole ledger in path order, joined with the live items (the thorough plan's input), as
+    tuples laid out like `plan.LedgerRow`, streamed from one SELECT through the DBAPI cursor."""
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
-        cursor.execute(LEDGER_JOINED_WITH_ITEMS if thorough else LEDGER_IN_PATH_ORDER)
+        cursor.execute(LEDGER_JOINED_WITH_ITEMS)
         while rows := cursor.fetchmany(FETCH_ROWS):
             yield from rows
         cursor.close()

@@ -1,9 +1,10 @@
 """Walk an inventory folder: every file found, with its stat or the reason it cannot be used.
 
-Files come out in ascending order of their relative path (as Python and SQLite compare strings),
-so the scan can be merge-joined with the ledger read `ORDER BY path` without holding either
-in memory (`indexer.plan`). A scan can be limited to a range of top-level entries
-(`lo <= key < hi`), so that workers can share one inventory (`indexer.plan_workers`).
+`scan_folders` gives the inventory folder by folder, each folder's own files in ascending order
+of their relative path (as Python and SQLite compare strings), so that they can be merge-joined
+with the folder's ledger rows read `ORDER BY path` (`indexer.plan`); it can be limited to a range
+of top-level folders (`lo <= key < hi`), so that workers can share one inventory
+(`indexer.plan_workers`). `scan_inventory` gives every file in path order.
 
 Light on purpose: no torch, no SQLAlchemy (planning workers import only this and `plan`).
 """
@@ -46,20 +47,14 @@ def image_extensions() -> frozenset[str]:
     return IMAGE_EXTENSIONS
 
 
-def scan_inventory(
-    root: str | Path,
-    lo: str | None = None,
-    hi: str | None = None,
-    extensions: Iterable[str] | None = None,
-) -> Iterator[ScannedFile]:
+def scan_inventory(root: str | Path, extensions: Iterable[str] | None = None) -> Iterator[ScannedFile]:
     """Yield every file under `root` (recursively, symlinked folders not followed), sorted by
-    `rel_path`; with `lo`/`hi`, only under the top-level entries whose key is in [lo, hi)
-    (`top_level_keys`)."""
+    `rel_path`."""
     root = os.path.realpath(root)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"inventory folder not found: {root}")
     exts = _any_case(frozenset(extensions) if extensions is not None else image_extensions())
-    yield from _scan_folder(root, root, "", os.path.basename(root), True, exts, lo, hi)
+    yield from _scan_folder(root, root, "", os.path.basename(root), True, exts)
 
 
 def scan_folders(
@@ -118,14 +113,7 @@ _new = tuple.__new__
 
 
 def _scan_folder(
-    root: str,
-    folder: str,
-    prefix: str,
-    label: str,
-    valid: bool,
-    exts: frozenset[str],
-    lo: str | None = None,
-    hi: str | None = None,
+    root: str, folder: str, prefix: str, label: str, valid: bool, exts: frozenset[str]
 ) -> Iterator[ScannedFile]:
     """The files under `folder` in path order: a subfolder `b` sorts as "b/" among the file names.
 
@@ -138,10 +126,6 @@ def _scan_folder(
     except OSError:
         return  # an unreadable folder: its files cannot be listed (os.walk skips it the same way)
     for key, entry, is_dir in keyed:
-        if lo is not None and key < lo:
-            continue
-        if hi is not None and key >= hi:
-            break
         name = entry.name
         if is_dir:
             yield from _scan_folder(root, entry.path, prefix + key, name, valid and key == name + "/", exts)
