@@ -33,11 +33,10 @@ SEGMENTS_DIR = "segments"
 
 
 class StorageWriteError(OSError):
-    """Writing the index to disk failed (disk full, I/O error); nothing was published."""
+    """Writing the index to disk failed (disk full, I/O error); nothing was published.
 
-    @property
-    def disk_full(self) -> bool:
-        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+    `errno` says why (ENOSPC: disk full); `strerror` is the one line to show.
+    """
 
 
 @dataclass(frozen=True)
