@@ -107,8 +107,9 @@ def _generated(out: Path, n: int) -> Path:
 def build_model_dir(name: str, images: Path, out: Path, image_size: int = 64) -> Path:
     """A model dir of encoder `name` (weights quality does not matter for speed: trained briefly)."""
     if name in _pretrained_presets():
-        from encoder.pretrained import PRESETS, fit_pretrained
-        from encoder.train import find_images
+        from encoder.fit import fit_pretrained
+        from encoder.images import find_images
+        from encoder.pretrained import PRESETS
 
         paths = find_images(images)
         paths = paths[:: max(1, len(paths) // 160)][:160]  # the PCA needs >= 128 images

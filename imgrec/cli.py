@@ -45,28 +45,56 @@ def cli(verbose: int) -> None:
 @click.option("--epochs", type=int, default=None, help="Upper bound on epochs (early stopping ends sooner).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes training reproducible.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnx", "torch"]),
+    default=None,
+    help="Pretrained presets: onnx (default: the graph is exported now, run by onnxruntime) or torch "
+    "(eager, as before the graph existed; slower, for comparison).",
+)
+@click.option(
+    "--feature-cache/--no-feature-cache",
+    default=True,
+    show_default=True,
+    help="Pretrained presets: keep the extracted features in the model dir for `imgrec index`.",
+)
 def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) -> None:
     """Train an encoder, without labels, on a folder of images.
 
-    Writes weights (safetensors), config.json, FINGERPRINT, loss_curve.png and reconstructions.png.
+    Autoencoders train epoch by epoch and write model.safetensors, config.json, FINGERPRINT,
+    loss_curve.png and reconstructions.png. Pretrained presets (the default) export their trunks,
+    extract the features of every image and fit a reducer on them; they write model.safetensors (the
+    reducer), config.json, features.onnx (the trunks, run by onnxruntime), FINGERPRINT, and
+    features/ (the extracted features: `imgrec index` reuses them instead of decoding the same files).
 
     Example:
 
+        imgrec train --images shop/photos --out models/shop
+
         imgrec train --images shop/photos --model conv-ae --out models/conv
     """
+    from encoder.train import is_pretrained
     from encoder.train import train as run_train
 
     cfg = common.train_config(arch, overrides)
-    with common.epoch_bar(cfg.epochs) as on_epoch:
+    pretrained = is_pretrained(cfg.arch)
+    bars = common.stage_bars() if pretrained else common.epoch_bar(cfg.epochs)
+    with bars as callback:
         try:
-            result = run_train(images, out_dir, cfg, progress=on_epoch)
+            if pretrained:
+                result = run_train(images, out_dir, cfg, on_stage=callback)
+            else:
+                result = run_train(images, out_dir, cfg, progress=callback)
         except (ValueError, OSError) as e:
             raise click.ClickException(str(e)) from e
     click.echo(f"model {cfg.arch} -> {result.model_dir}  (fingerprint {result.fingerprint[:12]})")
-    click.echo(
-        f"{result.n_train} train / {result.n_val} validation images, best epoch {result.best_epoch}, "
-        f"validation loss {min(result.val_losses):.5f}, {result.seconds:.1f} s"
-    )
+    if result.fitted is not None:
+        common.echo_fitted(result)
+    else:
+        click.echo(
+            f"{result.n_train} train / {result.n_val} validation images, best epoch {result.best_epoch}, "
+            f"validation loss {min(result.val_losses):.5f}, {result.seconds:.1f} s"
+        )
 
 
 @cli.command()

@@ -369,9 +369,9 @@ def set_compute_threads(n: int) -> None:
     """
     if n <= 0:
         return
-    import torch
+    import encoder
 
-    torch.set_num_threads(n)
+    encoder.set_compute_threads(n)  # onnxruntime sessions, and torch if an autoencoder loaded it
     faiss.omp_set_num_threads(n)
 
 

@@ -72,13 +72,16 @@ def test_empty_input(setup) -> None:
 
 
 class RecordingEncoder:
-    """Wraps an encoder and records torch's thread count at each forward pass."""
+    """Wraps an encoder and records its compute thread count at each forward pass."""
 
     def __init__(self, inner):  # noqa: ANN001
-        self.inner, self.preprocess, self.dim, self.threads = inner, inner.preprocess, inner.dim, []
+        self.inner, self.threads = inner, []
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - everything else is the inner encoder's
+        return getattr(self.inner, name)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
-        self.threads.append(torch.get_num_threads())
+        self.threads.append(self.inner.get_threads())
         return self.inner.embed(x)
 
 

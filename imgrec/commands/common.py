@@ -19,7 +19,7 @@ from indexer import (
 )
 
 if TYPE_CHECKING:
-    from encoder.train import TrainConfig
+    from encoder.train import TrainConfig, TrainResult
     from imgrec.querying import QueryAnswer
     from indexer import JobSummary
 
@@ -74,6 +74,46 @@ def epoch_bar(epochs: int) -> Iterator[Callable[[int, float, float], None]]:
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
 
         yield on_epoch
+
+
+@contextmanager
+def stage_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """One progress bar per stage of fitting a pretrained preset (exporting, extracting N/M, fitting)."""
+    bars: dict[str, tqdm] = {}
+
+    def on_stage(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            unit = "img" if stage.startswith("extracting") else "step"
+            bars[stage] = tqdm(total=total, desc=stage, unit=unit, leave=True)
+        bar = bars[stage]
+        bar.update(done - bar.n)
+
+    try:
+        yield on_stage
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def echo_fitted(result: TrainResult) -> None:
+    """What fitting a pretrained preset did and wrote."""
+    cfg, t = result.fitted, result.fitted.training
+    reducer = f"{cfg.pretrained.reducer.upper()} to {cfg.code_dim}-d" if cfg.pretrained.code_dim else "none"
+    click.echo(
+        f"fitted on {t['images']} images: {cfg.feature_dim}-d features of {cfg.arch} at {cfg.preprocess.image_size} px "
+        f"({t['images_per_second']} img/s), reducer {reducer}, {result.seconds:.1f} s"
+    )
+    files = ["model.safetensors (reducer)", "config.json", "FINGERPRINT"]
+    if cfg.graph:
+        files.insert(2, f"{cfg.graph} (trunks, onnxruntime)")
+    click.echo(f"wrote {', '.join(files)}")
+    from encoder.feature_cache import cache_path
+
+    cache = cache_path(result.model_dir, cfg.trunk_fingerprint)
+    if cache.is_file():
+        click.echo(f"kept the features of {t['images']} images in {cache.parent}/ for `imgrec index`")
 
 
 @contextmanager
