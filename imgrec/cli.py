@@ -141,6 +141,14 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     "--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for another indexer run."
 )
 @click.option(
+    "--merge-factor",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    envvar="IMGREC_MERGE_FACTOR",
+    help="Segments of one size tier merged into one (see docs/indexing.md, Compaction).",
+)
+@click.option(
     "--dask",
     "dask_address",
     default=None,
@@ -149,12 +157,19 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index(
-    inventory: str, model_dir: str, index_dir: str, as_json: bool, dask_address: str | None, **options: object
+    inventory: str,
+    model_dir: str,
+    index_dir: str,
+    as_json: bool,
+    dask_address: str | None,
+    merge_factor: int,
+    **options: object,
 ) -> None:
     """Embed every image of an inventory folder into a FAISS + SQLite index (or update it).
 
     Re-running on a changed folder adds, re-embeds and deletes only what changed, and publishes
-    a new generation; readers never see a half-written index.
+    a new generation (one new small segment); readers never see a half-written index. A failed
+    write (disk full) publishes nothing and exits with code 74.
 
     Example:
 
@@ -164,9 +179,12 @@ def index(
     """
     from contextlib import nullcontext
 
-    from indexer import IndexOptions, run_index
+    from indexer import IndexOptions, StorageWriteError, run_index
+    from indexer.compaction import MergePolicy
 
-    opts = IndexOptions(**{k: v for k, v in options.items() if v is not None})
+    opts = IndexOptions(
+        **{k: v for k, v in options.items() if v is not None}, merge_policy=MergePolicy(factor=merge_factor)
+    )
     with common.file_bar() as (on_total, on_progress):
         try:
             with _dask_embedder(dask_address, model_dir) if dask_address else nullcontext() as embedder:
@@ -174,6 +192,8 @@ def index(
                     inventory, model_dir, index_dir, opts,
                     embedder=embedder, on_total=on_total, on_progress=on_progress,
                 )  # fmt: skip
+        except StorageWriteError as e:
+            raise common.StorageFailure(e) from e
         except (*common.EXPECTED_ERRORS, OSError) as e:
             raise click.ClickException(str(e)) from e
     if as_json:
@@ -251,10 +271,11 @@ def demo(out_dir: str, seed: int) -> None:
 
 
 # --- commands registered from their own modules (one line each) ---
-from imgrec.commands.maintenance import rollback, status  # noqa: E402
+from imgrec.commands.maintenance import compact, rollback, status  # noqa: E402
 
 cli.add_command(status)
 cli.add_command(rollback)
+cli.add_command(compact)
 
 from imgrec.commands.serve import serve  # noqa: E402
 

@@ -350,8 +350,7 @@ def _novelty_percentile(encoder: Encoder, x: np.ndarray) -> float | None:
 
 
 def _index_bytes(snap: Snapshot) -> int | None:
-    path = snap.index_dir / snap.generation.faiss_file
-    return path.stat().st_size if path.is_file() else None
+    return snap.index_bytes
 
 
 def _ms(seconds: float) -> float:

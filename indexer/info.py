@@ -17,7 +17,6 @@ def generation_record(index_dir: str | Path) -> dict:
     snap = open_snapshot(index_dir, verify=False)
     try:
         g = snap.generation
-        faiss_path = snap.index_dir / g.faiss_file
         mc = parse_model_config(g.model_config, source=f"generation {g.id}'s model config")
         return {
             "index_dir": str(Path(index_dir).resolve()),
@@ -33,7 +32,8 @@ def generation_record(index_dir: str | Path) -> dict:
             "dim": g.dim,
             "metric": g.metric,
             "index_type": g.index_type,
-            "index_bytes": faiss_path.stat().st_size if faiss_path.is_file() else None,
+            "index_bytes": snap.index_bytes,
+            "segments": len(snap.parts),
             "inventory_root": g.inventory_root,
             "model_config": g.model_config,
             "run_summary": g.run_summary,

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH_IMAGES": 32,  # images per /v1/search/batch request
     "BATCH_WINDOW_MS": 2.0,  # micro-batching window; 0 turns batching off
     "MAX_BATCH": 32,  # images per encoder forward / FAISS call
-    "RELOAD_INTERVAL": 2.0,  # seconds between checks for a newer generation; 0: never
+    "RELOAD_INTERVAL": 0.5,  # seconds between checks for a newer generation; 0: never
     "MMAP": True,  # memory-map flat FAISS files (workers share one copy)
     "VERIFY": True,  # check FAISS against the catalog before serving a generation
     "THUMBNAIL_SIZE": 128,  # px, longest side

@@ -28,7 +28,6 @@ import pytest
 import requests
 
 from indexer import IndexOptions, open_snapshot, run_index
-from indexer.faiss_index import ids_of
 from tests.conftest import Api
 from tests.hostile_files import jpeg_bytes, many_scans_jpeg, padded_png
 from tests.indexing_fixtures import make_inventory, make_model_dir, write_image
@@ -76,7 +75,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
     run_index(inventory, make_model_dir(root / "model"), index)
     snap = open_snapshot(index, mmap=False)
     try:
-        ids = {info.path: info.id for info in snap.items(ids_of(snap.index).tolist()).values()}
+        ids = {info.path: info.id for info in snap.items(snap.live_ids().tolist()).values()}
     finally:
         snap.close()
     assert len(ids) == 12 + len(AWKWARD_NAMES) + 3 + 2, sorted(ids)

@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 from imgrec.cli import cli
 from indexer import IndexOptions, open_snapshot, run_index
 from indexer.db import LedgerEntry, open_database
-from indexer.faiss_index import ids_of
 from indexer.ingest import IngestLimits, embed_files
 from tests.hostile_files import many_scans_jpeg
 from tests.indexing_fixtures import (
@@ -214,8 +213,8 @@ def test_hostile_corpus(tmp_path, model):
     # decoded correctly: upright, first frame, 16-bit scaled
     snap = open_snapshot(index, mmap=False)
     try:
-        vec = {snap.items([i])[i].path: snap.vector(i) for i in ids_of(snap.index).tolist()}
-        info = {snap.items([i])[i].path: snap.items([i])[i] for i in ids_of(snap.index).tolist()}
+        vec = {snap.items([i])[i].path: snap.vector(i) for i in snap.live_ids().tolist()}
+        info = {snap.items([i])[i].path: snap.items([i])[i] for i in snap.live_ids().tolist()}
     finally:
         snap.close()
     np.testing.assert_allclose(vec["hostile/exif-rotated.png"], vec["hostile/upright.png"], atol=1e-5)

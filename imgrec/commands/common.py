@@ -37,6 +37,18 @@ EXPECTED_ERRORS = (
 )
 
 
+EXIT_STORAGE = 74  # sysexits EX_IOERR: the index could not be written (disk full...); nothing published
+
+
+class StorageFailure(click.ClickException):
+    """A write to the index failed: one clear line, exit code `EXIT_STORAGE`."""
+
+    exit_code = EXIT_STORAGE
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror or str(error))
+
+
 def train_config(arch: str | None, overrides: dict) -> TrainConfig:
     """A TrainConfig for `arch` (default: the best measured model) with CLI overrides applied."""
     import dataclasses
@@ -127,6 +139,10 @@ def echo_summary(s: JobSummary) -> None:
         )
     else:
         click.echo("nothing changed; no new generation")
+    if s.merged:
+        click.echo(f"merged segments {s.merged} time(s)")
+    for warning in s.warnings:
+        click.echo(f"warning: {warning}")
     for path, reason in s.problems:
         click.echo(f"  not indexed: {path}: {reason}")
 
