@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOTHING = ROOT.parent / "shared" / "datasets" / "clothing-small"
+DATASETS = ROOT.parent / "shared" / "datasets"
 CHROMIUM = Path("/usr/bin/chromium")
 OUT = ROOT / "docs" / "img" / "web-page.png"
 MAX_BYTES = 300_000
@@ -41,10 +41,10 @@ def imgrec(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def make_inventory(work: Path, per_class: int) -> Path:
+def make_inventory(clothing: Path, work: Path, per_class: int) -> Path:
     """The first `per_class` photos (by name) of each class, copied under `work` (0: all of them)."""
     inventory = work / "inventory"
-    for folder in sorted(p for p in (CLOTHING / "train").iterdir() if p.is_dir()):
+    for folder in sorted(p for p in (clothing / "train").iterdir() if p.is_dir()):
         photos = sorted(folder.glob("*.jpg"))
         for photo in photos[:per_class] if per_class else photos:
             target = inventory / folder.name / photo.name
@@ -118,15 +118,17 @@ def main() -> int:
     )
     ap.add_argument("--per-class", type=int, default=30, help="photos per class in the inventory (0: all)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--datasets", type=Path, default=DATASETS, help="the shared datasets folder")
     args = ap.parse_args()
-    for needed in (CLOTHING / "train", CLOTHING / QUERY, CHROMIUM):
+    clothing = args.datasets / "clothing-small"
+    for needed in (clothing / "train", clothing / QUERY, CHROMIUM):
         if not needed.exists():
             print(f"SKIP: {needed} is absent (see ../shared/datasets/README.md; Chromium: Debian `chromium`)")
             return 0
     work = args.work.resolve()
     if work == ROOT or ROOT in work.parents:
         raise SystemExit(f"--work must be outside the project ({ROOT}): the photos are never copied into it")
-    inventory = make_inventory(work, args.per_class)
+    inventory = make_inventory(clothing, work, args.per_class)
     model, index = work / "model", work / "index"
     if not (model / "config.json").exists():
         imgrec("train", "--images", str(inventory), "--out", str(model))
@@ -139,12 +141,12 @@ def main() -> int:
     server = subprocess.Popen(cmd)
     try:
         wait_ready(base_url, server)
-        query = sorted((CLOTHING / QUERY).glob("*.jpg"))[0]
+        query = sorted((clothing / QUERY).glob("*.jpg"))[0]
         size = shoot(base_url, query, args.out)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"wrote {args.out} ({size:,} bytes): a search with {query.relative_to(CLOTHING)}")
+    print(f"wrote {args.out} ({size:,} bytes): a search with {query.relative_to(clothing)}")
     return 0
 
 
