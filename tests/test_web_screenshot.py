@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +49,7 @@ def test_refuses_a_work_folder_inside_the_project(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_makes_a_small_png_of_a_real_search(tmp_path):
     """The whole script: real train, index and serve on 80 clothing photos, then the page in Chromium."""
     if not (CLOTHING / "train").is_dir() or not Path("/usr/bin/chromium").exists():
@@ -62,7 +65,17 @@ def test_makes_a_small_png_of_a_real_search(tmp_path):
         "--out",
         str(out),
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # its own process group: if the test is stopped, the script's server goes with it
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=1700)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output[-3000:]
     assert out.stat().st_size < 300_000
-    assert Image.open(out).width == 960
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width == 960
