@@ -14,8 +14,10 @@ from pathlib import PurePosixPath
 from typing import BinaryIO
 from urllib.parse import quote
 
-from apiflask import APIBlueprint, abort
+from apiflask import APIBlueprint, Schema, abort
+from apiflask.fields import Integer
 from apiflask.schemas import FileSchema
+from apiflask.validators import Range
 from flask import current_app, request, send_file
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
@@ -122,18 +124,36 @@ def get_image(item_id: int):
         raise
 
 
+# Thumbnail sizes a request may ask for (`?size=`, e.g. 2x the configured size for `srcset` on dense screens):
+# bounded, so a request cannot buy a large decode and resize; every size is cached like the default one.
+THUMBNAIL_MIN_SIZE = 16
+THUMBNAIL_MAX_SIZE = 1024
+
+
+class ThumbnailArgs(Schema):
+    size = Integer(
+        load_default=None,
+        validate=Range(min=THUMBNAIL_MIN_SIZE, max=THUMBNAIL_MAX_SIZE),
+        metadata={
+            "description": f"Longest side in px, {THUMBNAIL_MIN_SIZE}..{THUMBNAIL_MAX_SIZE} "
+            "(default `IMGREC_THUMBNAIL_SIZE`); never larger than the image itself."
+        },
+    )
+
+
 @bp.get(f"/{ITEM_ID}/thumbnail")
+@bp.input(ThumbnailArgs, location="query", arg_name="args")
 @bp.output(
     FileSchema(type="string", format="binary"),
     content_type="image/jpeg",
     description="A small JPEG of the item.",
 )
-@bp.doc(responses={404: NOT_FOUND, 503: "No index loaded yet."})
-def get_thumbnail(item_id: int):
-    """A JPEG thumbnail of the item (longest side THUMBNAIL_SIZE)."""
+@bp.doc(responses={400: "`size` out of bounds.", 404: NOT_FOUND, 503: "No index loaded yet."})
+def get_thumbnail(item_id: int, args: dict):
+    """A JPEG thumbnail of the item (longest side `size`, default THUMBNAIL_SIZE)."""
+    size = args["size"] or int(current_app.config["THUMBNAIL_SIZE"])
     with get_engine().snapshot() as snap:
         f = open_image_or_404(snap, get_item_or_404(snap, item_id))
-    size = int(current_app.config["THUMBNAIL_SIZE"])
     with f:
         st = os.fstat(f.fileno())
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, size)
@@ -157,28 +177,32 @@ def thumbnail(f: BinaryIO, size: int) -> bytes:
 
 
 class LRUCache:
-    """A thread-safe mapping that keeps the `maxsize` most recently used entries."""
+    """A thread-safe mapping of bytes values that keeps the most recently used ones, within a count and a total size."""
 
-    def __init__(self, maxsize: int):
+    def __init__(self, maxsize: int, max_bytes: int):
         self.maxsize = maxsize
-        self._data: OrderedDict = OrderedDict()
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._data: OrderedDict[object, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: object) -> object | None:
+    def get(self, key: object) -> bytes | None:
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
             return self._data.get(key)
 
-    def put(self, key: object, value: object) -> None:
+    def put(self, key: object, value: bytes) -> None:
         with self._lock:
+            old = self._data.pop(key, None)
+            self.nbytes += len(value) - (0 if old is None else len(old))
             self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            while len(self._data) > self.maxsize or (self.nbytes > self.max_bytes and len(self._data) > 1):
+                self.nbytes -= len(self._data.popitem(last=False)[1])
 
 
-THUMBNAILS = LRUCache(maxsize=2048)  # thumbnail JPEG bytes by (file identity, size): a few MB
+# thumbnail JPEG bytes by (file identity, size): 2,048 at most, 32 MB at most (a 256 px one is about 15 KB)
+THUMBNAILS = LRUCache(maxsize=2048, max_bytes=32 * 1024 * 1024)
 
 
 @bp.get(f"/{ITEM_ID}/similar")

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from apiflask import APIBlueprint
-from flask import render_template
+from flask import current_app, render_template
+
+from search_api.items import THUMBNAIL_MAX_SIZE
 
 bp = APIBlueprint("pages", __name__, enable_openapi=False)
+
+PAGE_DEFAULT_K = 12  # results the page asks for unless the URL says otherwise (a 4- or 6-column grid)
 
 
 @bp.get("/")
 def index() -> str:
     """Search by image: choose or drop a picture, see look-alikes, click for more like one."""
-    return render_template("index.html")
+    cfg = current_app.config
+    return render_template(
+        "index.html",
+        default_k=min(PAGE_DEFAULT_K, int(cfg["MAX_K"])),
+        max_k=int(cfg["MAX_K"]),
+        thumbnail_size=int(cfg["THUMBNAIL_SIZE"]),
+        thumbnail_max_size=THUMBNAIL_MAX_SIZE,
+    )

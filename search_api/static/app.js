@@ -1,26 +1,187 @@
 // imgrec web page: upload or drop an image, show the top-k look-alikes, click one for more like it.
+//
+// State: `held` is the query being shown (a file, or an item for "more like this"); the search settings are the
+// named controls of #settings (k, label; later filters), mirrored in the URL so a reload or a shared link keeps
+// them. Changing a setting re-runs the held query; only the latest search's answer is ever shown.
 "use strict";
 
 const main = document.querySelector("main");
-const searchUrl = main.dataset.searchUrl;
-const statsUrl = main.dataset.statsUrl;
+const page = {
+  searchUrl: main.dataset.searchUrl,
+  statsUrl: main.dataset.statsUrl,
+  defaultK: Number(main.dataset.defaultK),
+  thumbnailSize: Number(main.dataset.thumbnailSize),
+  thumbnailMaxSize: Number(main.dataset.thumbnailMaxSize),
+};
 const $ = (id) => document.getElementById(id);
 const fileInput = $("file");
 const drop = $("drop");
+const settings = $("settings");
+
+let held = null; // {kind: "file", file, src} | {kind: "item", hit}
+let heldSerial = 0; // identifies `held`, so a settings change re-runs only when something changed
+let lastRun = ""; // held serial + settings of the search last started
+let latest = 0; // sequence number of the latest search: older answers are dropped
+
+// --- formatting --------------------------------------------------------------------------------------------
+
+const ORDINAL_RULES = new Intl.PluralRules("en-US", { type: "ordinal" });
+const ORDINAL_SUFFIX = { one: "st", two: "nd", few: "rd", other: "th" };
+
+/** 1 -> "1st", 2 -> "2nd", 11 -> "11th", 91 -> "91st" (English ordinal rules, from Intl.PluralRules). */
+function ordinal(n) {
+  return `${n}${ORDINAL_SUFFIX[ORDINAL_RULES.select(n)]}`;
+}
+
+function formatScore(score, kind) {
+  return `${kind === "similarity" ? "sim" : "dist"} ${score.toFixed(3)}`;
+}
+
+function noveltyText(percentile) {
+  return percentile == null ? "" : `, novelty ${ordinal(Math.round(percentile))} percentile`;
+}
+
+// --- settings and the URL ----------------------------------------------------------------------------------
+
+function namedControls() {
+  return Array.from(settings.elements).filter((el) => el.name);
+}
+
+/** Bring k into 1..max (a typed 0, 500 or "" becomes a valid number shown in the box). */
+function normaliseK() {
+  const box = $("k");
+  const n = Math.round(Number(box.value));
+  const max = Number(box.max);
+  box.value = String(Number.isFinite(n) && n >= 1 ? Math.min(n, max) : page.defaultK);
+}
+
+/** The settings as search API parameters (empty ones left out). */
+function settingsParams() {
+  const params = new URLSearchParams();
+  for (const el of namedControls()) {
+    if (el.value) params.set(el.name, el.value);
+  }
+  return params;
+}
+
+/** Write the settings that differ from the defaults into the address (no new history entry). */
+function writeUrl() {
+  const url = new URL(window.location.href);
+  for (const el of namedControls()) {
+    const isDefault = el.name === "k" ? Number(el.value) === page.defaultK : !el.value;
+    if (isDefault) url.searchParams.delete(el.name);
+    else url.searchParams.set(el.name, el.value);
+  }
+  window.history.replaceState(null, "", url);
+}
+
+/** Apply the address's value of one setting, when the control can show it. */
+function readUrl(el) {
+  const value = new URL(window.location.href).searchParams.get(el.name);
+  if (value == null) return;
+  if (el.tagName === "SELECT" && !Array.from(el.options).some((o) => o.value === value)) {
+    showError(`There is no label "${value}" in this index: showing any label.`);
+    return;
+  }
+  el.value = value;
+  if (el.name === "k") normaliseK();
+}
+
+function settingsChanged() {
+  normaliseK();
+  writeUrl();
+  run();
+}
+
+// --- showing things ----------------------------------------------------------------------------------------
 
 function showError(message) {
-  const box = $("error");
-  box.textContent = message;
-  box.hidden = !message;
+  $("error").textContent = message;
 }
 
 function setStatus(text) {
   $("status").textContent = text;
 }
 
-function formatScore(score, kind) {
-  return `${kind === "similarity" ? "sim" : "dist"} ${score.toFixed(3)}`;
+/** Forget the shown query and results (after an error they would be mistaken for its answer). */
+function clearShown() {
+  $("query").hidden = true;
+  $("query-image").removeAttribute("src");
+  $("query-image").removeAttribute("srcset");
+  $("results").hidden = true;
+  $("grid").replaceChildren();
+  $("index-info").textContent = "";
+  main.classList.remove("has-query");
 }
+
+function thumbnailAt(url, size) {
+  const u = new URL(url, window.location.href);
+  u.searchParams.set("size", String(size));
+  return u.pathname + u.search;
+}
+
+/** Point `img` at an item's thumbnail, with a sharper one for 2x screens. */
+function setThumbnail(img, url) {
+  img.src = url;
+  const big = Math.min(2 * page.thumbnailSize, page.thumbnailMaxSize);
+  if (big > page.thumbnailSize) img.srcset = `${url} 1x, ${thumbnailAt(url, big)} 2x`;
+  else img.removeAttribute("srcset");
+}
+
+function showQuery(title, meta, setImage) {
+  $("query-title").textContent = title;
+  const img = $("query-image");
+  img.removeAttribute("srcset");
+  setImage(img);
+  $("query-meta").textContent = meta;
+  $("query").hidden = false;
+  main.classList.add("has-query");
+}
+
+/** One result card: the image (a button: more like this), then its caption lines (product fields go there). */
+function resultCard(hit, scoreKind) {
+  const li = document.createElement("li");
+  li.className = "result";
+  li.dataset.id = hit.id;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "more-like";
+  button.title = `More like item ${hit.id}`;
+  const img = document.createElement("img");
+  setThumbnail(img, hit.thumbnail_url);
+  img.alt = `${hit.label} (item ${hit.id})`;
+  img.loading = "lazy";
+  button.append(img);
+  button.addEventListener("click", () => moreLike(hit));
+  const caption = document.createElement("div");
+  caption.className = "caption";
+  for (const [name, text] of [["label", hit.label], ["score", formatScore(hit.score, scoreKind)]]) {
+    const span = document.createElement("span");
+    span.className = name;
+    span.textContent = text;
+    caption.append(span);
+  }
+  li.append(button, caption);
+  return li;
+}
+
+function showResults(answer, title) {
+  $("grid").replaceChildren(...answer.results.map((hit) => resultCard(hit, answer.score_kind)));
+  $("results-title").textContent = answer.results.length ? title : "No results";
+  $("results").hidden = false;
+  const ix = answer.index;
+  $("index-info").textContent =
+    `Answered by index generation ${ix.generation} (${ix.item_count} items, model ${ix.model_fingerprint.slice(0, 12)}, ` +
+    `created ${new Date(ix.created_at).toLocaleString()}); scores are ${answer.score_kind === "similarity" ? "similarities (higher is closer)" : "distances (lower is closer)"}.`;
+}
+
+function timingText(answer) {
+  const t = answer.timings;
+  return `${answer.results.length} results in ${t.total_ms.toFixed(0)} ms ` +
+    `(decode ${t.decode_ms.toFixed(1)}, embed ${t.embed_ms.toFixed(1)}, search ${t.search_ms.toFixed(1)} ms)`;
+}
+
+// --- searching ---------------------------------------------------------------------------------------------
 
 async function callApi(url, options) {
   const response = await fetch(url, options);
@@ -36,90 +197,71 @@ async function callApi(url, options) {
   return body;
 }
 
-function query() {
-  const params = new URLSearchParams({ k: $("k").value || "12" });
-  if ($("label").value) params.set("label", $("label").value);
-  return params.toString();
-}
-
-function showQuery(title, src, meta) {
-  $("query-title").textContent = title;
-  $("query-image").src = src;
-  $("query-meta").textContent = meta;
-  $("query").hidden = false;
-}
-
-function showResults(answer, title) {
-  const grid = $("grid");
-  grid.replaceChildren();
-  for (const hit of answer.results) {
-    const li = document.createElement("li");
-    li.className = "result";
-    li.dataset.id = hit.id;
-    const button = document.createElement("button");
-    button.type = "button";
-    button.title = `More like item ${hit.id}`;
-    const img = document.createElement("img");
-    img.src = hit.thumbnail_url;
-    img.alt = `${hit.label} (item ${hit.id})`;
-    img.loading = "lazy";
-    const caption = document.createElement("span");
-    caption.className = "caption";
-    caption.innerHTML = "<span class=label></span><span class=score></span>";
-    caption.querySelector(".label").textContent = hit.label;
-    caption.querySelector(".score").textContent = formatScore(hit.score, answer.score_kind);
-    button.append(img, caption);
-    button.addEventListener("click", () => moreLike(hit));
-    li.append(button);
-    grid.append(li);
+/** Search with the held query and the current settings (again only when one of them changed). */
+async function run() {
+  if (!held) return;
+  const params = settingsParams();
+  const key = `${heldSerial}?${params}`;
+  if (key === lastRun) return;
+  lastRun = key;
+  const seq = ++latest;
+  const q = held;
+  try {
+    let answer;
+    if (q.kind === "file") {
+      setStatus(`Searching for ${q.file.name}…`);
+      const form = new FormData();
+      form.append("image", q.file);
+      answer = await callApi(`${page.searchUrl}?${params}`, { method: "POST", body: form });
+    } else {
+      setStatus(`Finding more like item ${q.hit.id}…`);
+      answer = await callApi(`${q.hit.similar_url}?${params}`);
+    }
+    if (seq !== latest) return; // a newer search was started meanwhile
+    showError("");
+    if (q.kind === "file") {
+      showQuery("Your image", `${q.file.name}: ${answer.query.width}×${answer.query.height}${noveltyText(answer.novelty_percentile)}`,
+        (img) => { img.src = q.src; });
+      showResults(answer, "Most alike");
+    } else {
+      showQuery(`More like item ${q.hit.id}`, `${q.hit.label}, item ${q.hit.id}`,
+        (img) => setThumbnail(img, q.hit.thumbnail_url));
+      showResults(answer, `More like item ${q.hit.id}`);
+    }
+    setStatus(timingText(answer));
+  } catch (e) {
+    if (seq !== latest) return;
+    hold(null);
+    clearShown();
+    setStatus("");
+    showError(q.kind === "file"
+      ? `Could not search with ${q.file.name}: ${e.message}`
+      : `Could not find items like ${q.hit.id}: ${e.message}`);
   }
-  $("results-title").textContent = answer.results.length ? title : "No results";
-  $("results").hidden = false;
-  const ix = answer.index;
-  $("index-info").textContent =
-    `Answered by index generation ${ix.generation} (${ix.item_count} items, model ${ix.model_fingerprint.slice(0, 12)}, ` +
-    `created ${new Date(ix.created_at).toLocaleString()}); scores are ${answer.score_kind === "similarity" ? "similarities (higher is closer)" : "distances (lower is closer)"}.`;
 }
 
-async function searchFile(file) {
-  showError("");
+function hold(query) {
+  if (held && held.src) URL.revokeObjectURL(held.src);
+  held = query;
+  heldSerial += 1;
+  lastRun = "";
+}
+
+function searchFile(file) {
   if (!file) return;
-  const form = new FormData();
-  form.append("image", file);
-  setStatus(`Searching for ${file.name}…`);
-  try {
-    const answer = await callApi(`${searchUrl}?${query()}`, { method: "POST", body: form });
-    const t = answer.timings;
-    const novelty = answer.novelty_percentile == null ? "" : `, novelty ${answer.novelty_percentile.toFixed(0)}th percentile`;
-    showQuery("Your image", URL.createObjectURL(file),
-      `${file.name}: ${answer.query.width}×${answer.query.height}${novelty}`);
-    showResults(answer, "Most alike");
-    setStatus(`${answer.results.length} results in ${t.total_ms.toFixed(0)} ms ` +
-      `(decode ${t.decode_ms.toFixed(1)}, embed ${t.embed_ms.toFixed(1)}, search ${t.search_ms.toFixed(1)} ms)`);
-  } catch (e) {
-    setStatus("");
-    showError(`Could not search with ${file.name}: ${e.message}`);
-  }
+  hold({ kind: "file", file, src: URL.createObjectURL(file) });
+  run();
 }
 
-async function moreLike(hit) {
-  showError("");
-  setStatus(`Finding more like item ${hit.id}…`);
-  try {
-    const answer = await callApi(`${hit.similar_url}?${query()}`);
-    showQuery(`More like item ${hit.id}`, hit.thumbnail_url, `${hit.label}, item ${hit.id}`);
-    showResults(answer, `More like item ${hit.id}`);
-    setStatus(`${answer.results.length} results in ${answer.timings.total_ms.toFixed(0)} ms`);
-  } catch (e) {
-    setStatus("");
-    showError(`Could not find items like ${hit.id}: ${e.message}`);
-  }
+function moreLike(hit) {
+  hold({ kind: "item", hit });
+  run();
 }
 
 async function loadLabels() {
+  const select = $("label");
   try {
-    const stats = await callApi(statsUrl);
-    const select = $("label");
+    const stats = await callApi(page.statsUrl);
     for (const name of Object.keys(stats.labels).sort()) {
       const option = document.createElement("option");
       option.value = name;
@@ -129,9 +271,20 @@ async function loadLabels() {
   } catch (e) {
     showError(`The index is not ready: ${e.message}`);
   }
+  readUrl(select);
+  writeUrl();
+  select.dataset.loaded = "true";
 }
 
-fileInput.addEventListener("change", () => searchFile(fileInput.files[0]));
+// --- wiring ------------------------------------------------------------------------------------------------
+
+$("query-form").addEventListener("submit", (e) => { e.preventDefault(); settingsChanged(); }); // Enter in "Results"
+settings.addEventListener("change", settingsChanged);
+fileInput.addEventListener("change", () => {
+  const file = fileInput.files[0];
+  fileInput.value = ""; // choosing the same file again searches again
+  searchFile(file);
+});
 for (const name of ["dragenter", "dragover"]) {
   drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
 }
@@ -145,4 +298,5 @@ drop.addEventListener("drop", (e) => {
 drop.addEventListener("keydown", (e) => {
   if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fileInput.click(); }
 });
+readUrl($("k"));
 loadLabels();
