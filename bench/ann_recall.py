@@ -28,7 +28,7 @@ from pathlib import Path
 
 import _common  # noqa: F401 - puts the project on sys.path
 import numpy as np
-from _common import CLOTHING, machine, table, write_json
+from _common import CLOTHING, machine, results_path, table, write_json
 
 K = 10
 IVF_NPROBES = (1, 4, 8, 16, 32, 64, 128)
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--clothing-model", type=Path, default=None, help="model dir for the clothing embeddings")
     ap.add_argument("--no-clothing", action="store_true")
     ap.add_argument("--work", type=Path, default=Path("bench-results/ann-work"))
-    ap.add_argument("--out", default="bench-results/ann_recall.json")
+    ap.add_argument("--out", default=str(results_path("ann_recall")))
     args = ap.parse_args()
 
     info = machine()

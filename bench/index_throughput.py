@@ -33,6 +33,7 @@ from _common import (
     machine,
     median,
     rate,
+    results_path,
     table,
     write_json,
 )
@@ -219,7 +220,7 @@ def main() -> None:
         "--models", default=None, help="comma-separated (default: the default encoder and conv-ae)"
     )
     ap.add_argument("--sweep", action="store_true", help="also sweep decoding x torch threads")
-    ap.add_argument("--out", default=None, help="write JSON results here")
+    ap.add_argument("--out", default=str(results_path("index_throughput")), help="write JSON results here")
     args = ap.parse_args()
 
     names = args.models.split(",") if args.models else list(dict.fromkeys([default_model_name(), "conv-ae"]))

@@ -34,6 +34,7 @@ from _common import (
     machine,
     median,
     query_jpeg,
+    results_path,
     synthetic_index_dir,
     synthetic_vectors,
     table,
@@ -307,7 +308,7 @@ def main() -> None:
         "--threads", type=int, default=None, help="gunicorn threads per worker (default: its config)"
     )
     ap.add_argument("--skip-http", action="store_true")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=str(results_path("search_throughput")))
     args = ap.parse_args()
 
     cores = len(os.sched_getaffinity(0))
