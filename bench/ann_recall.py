@@ -1,6 +1,6 @@
 """Approximate search: recall@10 against exact flat search, and queries/s, per index type and setting.
 
-    python bench/ann_recall.py [--n 1000000] [--d 128] [--nq 1000] [--out bench-results/ann.json]
+    python bench/ann_recall.py [--n 1000000] [--d 128] [--nq 1000] [--out bench/results/ann_recall.json]
                                [--clothing-model MODEL_DIR | --no-clothing]
 
 Two data sets, one run:

@@ -1,6 +1,6 @@
 """Indexing throughput: decode (D), encoder forward (F), end to end `imgrec index` (E), naive loop (N).
 
-    python bench/index_throughput.py [--limit N] [--rounds 3] [--out bench-results/index.json]
+    python bench/index_throughput.py [--limit N] [--rounds 3] [--out bench/results/index_throughput.json]
 
 For the default encoder (`encoder.DEFAULT_MODEL`) and the original conv-ae (64 px), on
 ../shared/datasets/clothing-small/train (generated JPEGs when it is absent), in interleaved rounds:

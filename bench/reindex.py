@@ -1,6 +1,6 @@
 """Re-indexing cost: a full build of the clothing inventory against a re-run with nothing changed.
 
-    python bench/reindex.py [--model conv-ae|default|MODEL_DIR] [--repeats 3] [--out bench-results/reindex.json]
+    python bench/reindex.py [--model conv-ae|default|MODEL_DIR] [--repeats 3] [--out bench/results/reindex.json]
 
 Indexes ../shared/datasets/clothing-small/train in place (read only, nothing is copied) into a
 temporary index dir:

@@ -1,6 +1,6 @@
 """Search under concurrency: queries/s and p50/p99 latency, micro-batching on and off.
 
-    python bench/search_throughput.py [--sizes 100000,1000000] [--clients 1,4,16,64] [--out r.json]
+    python bench/search_throughput.py [--sizes 100000,1000000] [--clients 1,4,16,64] [--out bench/results/search_throughput.json]
 
 Two layers, each on synthetic flat indexes of 128-d unit vectors (cosine), k=10:
 

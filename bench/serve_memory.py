@@ -1,6 +1,6 @@
 """Serving memory and start-up: 4 gunicorn workers on a 1M x 128 flat index, mmap against plain loading.
 
-    python bench/serve_memory.py [--n 1000000] [--workers 4] [--rounds 2] [--out r.json]
+    python bench/serve_memory.py [--n 1000000] [--workers 4] [--rounds 2] [--out bench/results/serve_memory.json]
 
 Starts the API with the project's gunicorn config (`search_api.gunicorn_conf`) and reports:
 
