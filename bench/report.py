@@ -207,12 +207,13 @@ def _serve_memory(r: dict) -> str:
 
 
 @renderer("ann_recall")
+@renderer("ann_recall_1m")
 def _ann_recall(r: dict) -> str:
     return md_table(r["rows"], [
         ("data", "data", ""), ("type", "type", ""), ("setting", "setting", ""),
         ("recall", "recall@10", ".3f"), ("qps", "queries/s", ",.0f"), ("speedup", "x flat", ".1f"),
         ("build_s", "build s", ".1f"),
-    ]) + f"\n{r['verdict']}.\n" + measured(r)  # fmt: skip
+    ]) + f"\nOn this run's synthetic data: {r['verdict']}.\n" + measured(r)  # fmt: skip
 
 
 @renderer("reindex")
