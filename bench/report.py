@@ -195,7 +195,7 @@ def _search_http(r: dict) -> str:
 @renderer("serve_memory")
 def _serve_memory(r: dict) -> str:
     b = r.get("breakdown", {})
-    startup = ", ".join(f"{k} {v:.2f} s" for k, v in b.items())
+    startup = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in b.items())
     return md_table(r["summary"], [
         ("mode", "mode", ""), ("pss", "PSS total MB", ".0f"), ("uss", "USS total MB", ".0f"),
         ("index_mb", "index MB (PSS - baseline)", ".0f"), ("copies", "copies of the vectors", ".2f"),
