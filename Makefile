@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # `make install TORCH_INDEX_URL=...` for a mirror of that index.
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test compose-check lint bench clean
+.PHONY: install demo test compose-check lint bench docs clean
 
 $(BIN)/imgrec: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,19 @@ test: install
 compose-check: install
 	$(BIN)/python scripts/compose_check.py $(COMPOSE_CHECK_ARGS)
 
+# Each benchmark writes bench/results/<name>.json (date, machine, command, figures); `make docs`
+# then renders the docs' tables from them (docs/performance.md lists the commands).
 bench: install
 	$(BIN)/python bench/index_throughput.py
+	$(BIN)/python bench/reindex.py
 	$(BIN)/python bench/search_throughput.py
 	$(BIN)/python bench/serve_memory.py
 	$(BIN)/python bench/ann_recall.py
+	$(MAKE) docs
+
+# The generated blocks in docs/*.md, from bench/results/*.json (bench/report.py; tests/test_docs.py checks them).
+docs: install
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

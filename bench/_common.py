@@ -139,10 +139,37 @@ def default_model_name() -> str:
     return getattr(encoder, "DEFAULT_MODEL", "conv-ae")
 
 
+RESULTS = ROOT / "bench" / "results"
+
+
+def results_path(name: str) -> Path:
+    """Where benchmark `name` writes its figures by default: bench/results/<name>.json."""
+    return RESULTS / f"{name}.json"
+
+
+def command() -> str:
+    """The command that is running, as a reader would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
+    return " ".join(["python", str(shown), *sys.argv[1:]])
+
+
 def write_json(path: str | Path | None, results: dict) -> None:
+    """Write `results`, with when (`date`, UTC), where (`machine`) and how (`command`) if not set yet.
+
+    bench/report.py renders the docs' tables from these files (`make docs`).
+    """
     if path:
+        import datetime as dt
+
+        head = {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": results.get("machine_before") or machine(),
+            "command": command(),
+        }
+        results = {**head, **results}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(results, indent=2, default=str))
+        Path(path).write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"results -> {path}")
 
 

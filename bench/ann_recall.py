@@ -1,6 +1,6 @@
 """Approximate search: recall@10 against exact flat search, and queries/s, per index type and setting.
 
-    python bench/ann_recall.py [--n 1000000] [--d 128] [--nq 1000] [--out bench-results/ann.json]
+    python bench/ann_recall.py [--n 1000000] [--d 128] [--nq 1000] [--out bench/results/ann_recall.json]
                                [--clothing-model MODEL_DIR | --no-clothing]
 
 Two data sets, one run:
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import _common  # noqa: F401 - puts the project on sys.path
 import numpy as np
-from _common import CLOTHING, machine, table, write_json
+from _common import CLOTHING, machine, results_path, table, write_json
 
 K = 10
 IVF_NPROBES = (1, 4, 8, 16, 32, 64, 128)
@@ -76,7 +76,14 @@ def timed_search(index, xq, metric, params_fn, repeats: int) -> tuple[np.ndarray
     return I, best
 
 
-def bench_set(name: str, xb: np.ndarray, xq: np.ndarray, metric: str, repeats: int) -> list[dict]:
+def bench_set(
+    name: str,
+    xb: np.ndarray,
+    xq: np.ndarray,
+    metric: str,
+    repeats: int,
+    types: tuple[str, ...] = ("ivf", "hnsw"),
+) -> list[dict]:
     """Rows for flat, ivf (nprobe sweep) and hnsw (efSearch sweep) on one data set."""
     from indexer import faiss_index as fi
     from indexer.ann import inner_index, search_params
@@ -98,6 +105,8 @@ def bench_set(name: str, xb: np.ndarray, xq: np.ndarray, metric: str, repeats: i
     gc.collect()
 
     for index_type, knob, values in (("ivf", "nprobe", IVF_NPROBES), ("hnsw", "ef_search", HNSW_EFS)):
+        if index_type not in types:
+            continue
         t = time.perf_counter()
         index = fi.build_index(xb.shape[1], metric, index_type, xt=xb)
         fi.add(index, ids, xb, metric)
@@ -160,22 +169,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed passes per setting (best kept)")
     ap.add_argument("--clothing-model", type=Path, default=None, help="model dir for the clothing embeddings")
     ap.add_argument("--no-clothing", action="store_true")
+    ap.add_argument("--types", default="ivf,hnsw", help="approximate types to measure (flat always is)")
     ap.add_argument("--work", type=Path, default=Path("bench-results/ann-work"))
-    ap.add_argument("--out", default="bench-results/ann_recall.json")
+    ap.add_argument("--out", default=str(results_path("ann_recall")))
     args = ap.parse_args()
 
     info = machine()
     print(f"machine: {info}", flush=True)
     t0 = time.perf_counter()
     xb, xq = clustered(args.n, args.d, args.nq, spread=args.spread)
-    rows = bench_set(f"synthetic {args.n:,}x{args.d}", xb, xq, "l2", args.repeats)
+    types = tuple(args.types.split(","))
+    rows = bench_set(f"synthetic {args.n:,}x{args.d}", xb, xq, "l2", args.repeats, types)
     del xb, xq
     gc.collect()
     if not args.no_clothing:
         got = clothing_vectors(args.clothing_model, args.work)
         if got is not None:
             cb, cq, model = got
-            rows += bench_set(f"clothing ({model})", cb, cq, "cosine", args.repeats)
+            rows += bench_set(f"clothing ({model})", cb, cq, "cosine", args.repeats, types)
 
     print()
     print(table(rows, [("data", "data", ""), ("type", "type", ""), ("setting", "setting", ""),

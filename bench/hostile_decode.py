@@ -17,7 +17,7 @@ import io
 import sys
 import time
 
-from _common import machine, write_json
+from _common import machine, results_path, write_json
 
 from encoder.preprocess import DEFAULT_MAX_SCANS, ImageTooLargeError, jpeg_scan_count, load_image
 from tests.hostile_files import many_scans_jpeg
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=100_000)
     ap.add_argument("--side", type=int, default=2048)
     ap.add_argument("--limit-side", type=int, default=8000, help="side of the largest image at the limit")
-    ap.add_argument("--out", default="bench/results/hostile_decode.json")
+    ap.add_argument("--out", default=str(results_path("hostile_decode")))
     args = ap.parse_args()
 
     hostile = many_scans_jpeg(args.scans, side=args.side)

@@ -1,6 +1,6 @@
 """Indexing throughput: decode (D), encoder forward (F), end to end `imgrec index` (E), naive loop (N).
 
-    python bench/index_throughput.py [--limit N] [--rounds 3] [--out bench-results/index.json]
+    python bench/index_throughput.py [--limit N] [--rounds 3] [--out bench/results/index_throughput.json]
 
 For the default encoder (`encoder.DEFAULT_MODEL`) and the original conv-ae (64 px), on
 ../shared/datasets/clothing-small/train (generated JPEGs when it is absent), in interleaved rounds:
@@ -33,6 +33,7 @@ from _common import (
     machine,
     median,
     rate,
+    results_path,
     table,
     write_json,
 )
@@ -219,7 +220,7 @@ def main() -> None:
         "--models", default=None, help="comma-separated (default: the default encoder and conv-ae)"
     )
     ap.add_argument("--sweep", action="store_true", help="also sweep decoding x torch threads")
-    ap.add_argument("--out", default=None, help="write JSON results here")
+    ap.add_argument("--out", default=str(results_path("index_throughput")), help="write JSON results here")
     args = ap.parse_args()
 
     names = args.models.split(",") if args.models else list(dict.fromkeys([default_model_name(), "conv-ae"]))

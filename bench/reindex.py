@@ -1,6 +1,6 @@
 """Re-indexing cost: a full build of the clothing inventory against a re-run with nothing changed.
 
-    python bench/reindex.py [--model conv-ae|default|MODEL_DIR] [--repeats 3] [--out bench-results/reindex.json]
+    python bench/reindex.py [--model conv-ae|default|MODEL_DIR] [--repeats 3] [--out bench/results/reindex.json]
 
 Indexes ../shared/datasets/clothing-small/train in place (read only, nothing is copied) into a
 temporary index dir:
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import CLOTHING, build_model_dir, default_model_name, machine, median, write_json
+from _common import CLOTHING, build_model_dir, default_model_name, machine, median, results_path, write_json
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--images", type=Path, default=CLOTHING)
     ap.add_argument("--model", default="conv-ae", help="conv-ae, default (the project's), or a model dir")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=None, help="write the figures as JSON")
+    ap.add_argument("--out", default=str(results_path("reindex")), help="write the figures as JSON")
     args = ap.parse_args()
     if not args.images.is_dir():
         print(f"SKIP: {args.images} not found; this benchmark needs the clothing inventory")
@@ -40,10 +40,12 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="imgrec-reindex-"))
     model = Path(args.model)
+    model_name = model.name
     if not model.is_dir():
         name = default_model_name() if args.model == "default" else args.model
         print(f"preparing a {name} model dir (briefly trained/fitted: speed does not depend on quality)")
         model = build_model_dir(name, args.images, work / "model")
+        model_name = name
     index = work / "index"
 
     full = run_index(args.images, model, index, IndexOptions())
@@ -69,6 +71,7 @@ def main() -> None:
             "machine": machine(),
             "images": str(args.images),
             "model": str(model),
+            "encoder": model_name,
             "files": full.added + full.skipped,
             "full_build_seconds": full.seconds,
             "no_change_rerun_seconds": reruns,

@@ -1,6 +1,6 @@
 """Search under concurrency: queries/s and p50/p99 latency, micro-batching on and off.
 
-    python bench/search_throughput.py [--sizes 100000,1000000] [--clients 1,4,16,64] [--out r.json]
+    python bench/search_throughput.py [--sizes 100000,1000000] [--clients 1,4,16,64] [--out bench/results/search_throughput.json]
 
 Two layers, each on synthetic flat indexes of 128-d unit vectors (cosine), k=10:
 
@@ -34,6 +34,7 @@ from _common import (
     machine,
     median,
     query_jpeg,
+    results_path,
     synthetic_index_dir,
     synthetic_vectors,
     table,
@@ -307,7 +308,7 @@ def main() -> None:
         "--threads", type=int, default=None, help="gunicorn threads per worker (default: its config)"
     )
     ap.add_argument("--skip-http", action="store_true")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=str(results_path("search_throughput")))
     args = ap.parse_args()
 
     cores = len(os.sched_getaffinity(0))

@@ -1,6 +1,6 @@
 """Serving memory and start-up: 4 gunicorn workers on a 1M x 128 flat index, mmap against plain loading.
 
-    python bench/serve_memory.py [--n 1000000] [--workers 4] [--rounds 2] [--out r.json]
+    python bench/serve_memory.py [--n 1000000] [--workers 4] [--rounds 2] [--out bench/results/serve_memory.json]
 
 Starts the API with the project's gunicorn config (`search_api.gunicorn_conf`) and reports:
 
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, median, query_jpeg, synthetic_index_dir, table, write_json
+from _common import machine, median, query_jpeg, results_path, synthetic_index_dir, table, write_json
 from search_throughput import run_clients, start_api, stop_api, wait_ready
 
 MB = 1024 * 1024
@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=str(results_path("serve_memory")))
     args = ap.parse_args()
 
     big, small = synthetic_index_dir(args.n), synthetic_index_dir(1000)
