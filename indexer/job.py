@@ -85,6 +85,8 @@ class JobSummary:
     seconds: float = 0.0
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped or failed now
     warnings: list[str] = field(default_factory=list)  # e.g. a compaction skipped for lack of space
+    restored: list[str] = field(default_factory=list)  # e.g. a missing model copy restored
+    model_dir: str = ""  # the model dir given (`imgrec verify --repair` restores a model copy from it)
 
     def as_dict(self) -> dict:
         d = self.__dict__.copy()
@@ -127,11 +129,16 @@ def run_index(
             cur = current_generation(session)
             metric, index_type = _settings(cur, fingerprint, opts)
             parent_id, live_count = (cur.id, cur.item_count) if cur is not None else (None, 0)
+        summary_model_dir = str(Path(model_dir).resolve())
+        restored = []
+        if cur is not None and not opts.full:  # never build on damage (a --full rebuild replaces it)
+            restored = _check_parent(index_dir, cur.id, fingerprint, model_dir)
         workers = opts.plan_workers or (
             min(MAX_PLAN_WORKERS, available_cores()) if live_count >= PARALLEL_PLAN_ITEMS else 1
         )
         plan = plan_changes(engine, index_dir, inventory, opts.full, live_count, workers)
         summary = JobSummary(unchanged=plan.unchanged, skipped=plan.still_skipped)
+        summary.model_dir, summary.restored = summary_model_dir, restored
         if on_total:
             on_total(len(plan.embed))
         if not plan.changes_anything and not (opts.full and cur is not None):
@@ -195,6 +202,24 @@ def _publish_and_tidy(
         if merged:
             publisher.parent_id = merged[-1]
     prune(publisher.index_dir, publisher.engine, opts.keep_generations)
+
+
+def _check_parent(index_dir: Path, generation_id: int, fingerprint: str, model_dir: str | Path) -> list[str]:
+    """The generation a run builds on must be intact: its segment files (size, sha256) and its model
+    copy, which is restored from `model_dir` (the same model: `_settings` checked) when missing.
+
+    :raise SegmentDamagedError: a segment file is missing or damaged.
+    """
+    from indexer.damage import ModelCopyMissingError
+    from indexer.verify import check_generation, restore_model_copy
+
+    try:
+        check_generation(index_dir, generation_id)
+    except ModelCopyMissingError:
+        done = restore_model_copy(index_dir, fingerprint, model_dir)
+        logger.warning("%s", done)
+        return [done]
+    return []
 
 
 def plan_changes(
