@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,18 @@ def next_step(kind: str, index: Path) -> str:
     return f"imgrec verify --repair {index}"
 
 
-def run(args: list[str]) -> Result:
-    result = CliRunner().invoke(cli, args)
+def run(args: list[str], in_thread: bool = False) -> Result:
+    """The command through click's runner. `in_thread` (serve): in a thread, so that a command that
+    wrongly starts serving makes the test fail instead of hanging it."""
+    if in_thread:
+        box: list[Result] = []
+        worker = threading.Thread(target=lambda: box.append(CliRunner().invoke(cli, args)), daemon=True)
+        worker.start()
+        worker.join(timeout=300)
+        assert box, f"`imgrec {' '.join(args)}` did not exit (it serves a damaged index)"
+        result = box[0]
+    else:
+        result = CliRunner().invoke(cli, args)
     assert "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result
@@ -110,15 +121,23 @@ def run(args: list[str]) -> Result:
 def test_every_command_on_every_damage(kind: str, name: str, built: Built, index: Path):
     damage(index, kind)
     want = EXPECTED.get((kind, name), KIND_CODE[kind])
-    if name == "serve":  # the real command: it must say why and exit, not serve a damaged index
-        done = subprocess.run(
-            imgrec_command() + command(name, built, index), capture_output=True, text=True, timeout=300
-        )
-        code, out, err = done.returncode, done.stdout, done.stderr
-        assert "Traceback" not in out + err, err
-    else:
-        result = run(command(name, built, index))
-        code, out, err = result.exit_code, result.stdout, result.stderr
+    result = run(command(name, built, index), in_thread=name == "serve")
+    check_outcome(kind, name, index, want, result.exit_code, result.stdout, result.stderr)
+
+
+def test_serve_exits_on_damage_real_command(built: Built, index: Path):
+    """The installed `imgrec serve` on a damaged index says why and exits: it does not serve it."""
+    damage(index, "segment-bytes")
+    done = subprocess.run(
+        imgrec_command() + command("serve", built, index), capture_output=True, text=True, timeout=300
+    )
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    check_outcome("segment-bytes", "serve", index, SEGMENT, done.returncode, done.stdout, done.stderr)
+
+
+def check_outcome(kind: str, name: str, index: Path, want: int, code: int, out: str, err: str) -> None:
+    """The exit code, and: one "Error:" line with the next step (verify: its problems and verdict),
+    or for the commands that repair, what they did."""
     assert code == want, (out, err)
     if want == ExitCode.OK:
         assert (
