@@ -50,6 +50,7 @@ def failure_for(e: BaseException, index_dir: str | None = None) -> click.ClickEx
         ModelCopyMissingError,
         SegmentDamagedError,
         as_damage,
+        is_disk_full,
     )
     from indexer.segments import StorageWriteError
 
@@ -67,7 +68,16 @@ def failure_for(e: BaseException, index_dir: str | None = None) -> click.ClickEx
     while cause is not None:
         if isinstance(cause, StorageWriteError):
             return IndexFailure(cause.strerror or str(cause), ExitCode.STORAGE)
-        cause = cause.__cause__
+        if is_disk_full(cause, index_dir):
+            what = (
+                "writing"
+                if isinstance(cause, OSError) or "full" in str(cause).lower()
+                else "opening the catalog"
+            )
+            return IndexFailure(
+                f"disk full while {what}: nothing was changed; free space and run again", ExitCode.STORAGE
+            )
+        cause = cause.__cause__ or cause.__context__
     return None
 
 

@@ -19,6 +19,7 @@ it again; a file replaced or rewritten has another key.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sqlite3
@@ -115,6 +116,32 @@ def as_damage(e: BaseException, index_dir: str | Path | None = None) -> IndexDam
                 return CatalogDamagedError(f"catalog.sqlite is damaged ({err})", index_dir)
         e = e.__cause__ or e.__context__
     return None
+
+
+FULL_BELOW_BYTES = 1 << 20  # an I/O error with less free space than this is taken for a full disk
+
+
+def is_disk_full(e: BaseException, index_dir: str | Path | None = None) -> bool:
+    """`e` (an OSError, or a SQLite error raw or through SQLAlchemy) comes from a full disk.
+
+    SQLite says "database or disk is full", or only "disk I/O error" when it cannot even create its
+    WAL files to open the catalog: that is taken for a full disk when `index_dir` has under 1 MiB free.
+    """
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    orig = getattr(e, "orig", e)
+    if not isinstance(orig, sqlite3.Error):
+        return False
+    text = str(orig).lower()
+    if "full" in text:
+        return True
+    if "i/o error" not in text or index_dir is None:
+        return False
+    try:
+        st = os.statvfs(index_dir)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
 
 
 # --- checksums, once per process ------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 from encoder.model_dir import copy_model_dir, read_model_dir
 from indexer import folders
 from indexer.compaction import MergePolicy, compact
+from indexer.damage import is_disk_full
 from indexer.db import DATABASE_FILE, Generation, open_database
 from indexer.generations import cleanup_orphans, current_generation, index_lock, prune
 from indexer.ingest import EmbeddedBatch, IngestLimits
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = "models"
 PARALLEL_PLAN_ITEMS = 50_000  # from this many live items a no-change scan is worth splitting
 MAX_PLAN_WORKERS = 8
-FULL_BELOW_BYTES = 1 << 20  # an I/O error with less free space than this is taken for a full disk
 Embedder = Callable[..., Iterator[EmbeddedBatch]]
 
 
@@ -280,25 +279,12 @@ def disk_full_is_clear(index_dir: Path) -> Iterator[None]:
     except StorageWriteError:
         raise
     except (OSError, OperationalError) as e:
-        if not _disk_full(e, index_dir):
+        if not is_disk_full(e, index_dir):
             raise
         where = "writing the index"
         if isinstance(e, OperationalError):
             where = "opening the catalog" if "i/o error" in str(e.orig).lower() else "writing the catalog"
         raise StorageWriteError(errno.ENOSPC, f"disk full while {where}: {_stays_current(index_dir)}") from e
-
-
-def _disk_full(e: BaseException, index_dir: Path) -> bool:
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(getattr(e, "orig", e)).lower()
-    if "full" in text:
-        return True
-    try:
-        st = os.statvfs(index_dir)
-    except OSError:
-        return False
-    return "i/o error" in text and st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
 
 
 def _stays_current(index_dir: Path) -> str:

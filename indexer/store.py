@@ -11,8 +11,9 @@ are shared with the snapshot it re-used them from (segment files never change).
 Checks on open (`verify=True`, cheap enough for every reload): each segment file opened for the
 first time has the size, count, dimension and ids the catalog records, and its live ids are
 exactly the catalog's live items of that segment; the generation's live count and ids checksum
-match its segments and deletion sets. `verify="full"` also compares every live id with the
-catalog, and `verify_snapshot(snap, checksums=True)` re-hashes every segment file.
+match its segments and deletion sets; with `checksums`, each segment file opened for the first time
+has its recorded sha256 (before FAISS reads it). `verify="full"` also compares every live id with
+the catalog. `indexer.verify` checks everything (`imgrec verify`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from indexer.db import (
 from indexer.db import database_url as _database_url
 from indexer.migrate import current_revision, head_revision
 from indexer.segment_search import OpenSegment, Part, SegmentFileError, search_parts
-from indexer.segments import SegmentInfo, checksum_hex, decode_ids, file_sha256, ids_sum
+from indexer.segments import SegmentInfo, checksum_hex, decode_ids, ids_sum
 
 ITEM_CACHE_SIZE = 100_000  # catalog records kept per snapshot
 ITEM_COLUMNS = (Item.id, Item.path, Item.label, Item.width, Item.height, Item.sha256, Item.deleted_generation)
@@ -553,23 +554,3 @@ def _compare(have: np.ndarray, catalog: np.ndarray, where: str) -> list[str]:
     return [
         f"{len(missing)} catalog items not in {where}, {len(extra)} ids in {where} not live in the catalog"
     ]
-
-
-def verify_snapshot(snap: Snapshot, checksums: bool = True) -> None:
-    """The thorough check (for `imgrec verify`): every live id against the catalog and, with
-    `checksums`, every segment file's sha256 against the one recorded when it was written.
-
-    :raise InconsistentIndexError: something disagrees.
-    """
-    with read_snapshot(snap.engine) as session:
-        live = live_item_ids(session)
-        per_segment = {
-            p.segment.info.id: segment_live_item_ids(session, p.segment.info.id) for p in snap.parts
-        }
-    check_snapshot(snap, per_segment, live)
-    if checksums:
-        for info in snap.segments:
-            if info.sha256 and file_sha256(snap.index_dir / info.file) != info.sha256:
-                raise InconsistentIndexError(
-                    f"generation {snap.generation.id}: segment {info.file} does not match its checksum"
-                )

@@ -259,8 +259,13 @@ def check_generation(index_dir: str | Path, generation_id: int | None = None, *,
     index_dir = Path(index_dir)
     if not has_catalog(index_dir):
         return
-    engine = make_engine(_database_url(index_dir))
+    from indexer.migrate import current_revision, head_revision
+
+    url = _database_url(index_dir)
+    engine = make_engine(url)
     try:
+        if current_revision(url) != head_revision():
+            return  # an older schema: the command says so (or upgrades it) itself
         with Session(engine) as session:
             if generation_id is None:
                 state = session.get(IndexState, 1)

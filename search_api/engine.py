@@ -7,8 +7,11 @@
 
 A newer generation is opened on the poller thread, re-using the served snapshot's open segments
 (segment files never change) and its encoder (same model fingerprint), so only new segments are
-read and checked; then it is swapped in with one assignment. Requests that hold the old snapshot
-keep it; it is closed when the last of them is done.
+read and checked (size before mapping, sha256 on this thread: hashing a big new segment never holds
+a request); then it is swapped in with one assignment. Requests that hold the old snapshot keep it;
+it is closed when the last of them is done. A damaged generation, catalog or model copy is refused:
+the old snapshot stays served, `status().reload_error` says which file, what is wrong and the next
+step, and `on_refuse` callbacks (metrics) count it.
 """
 
 from __future__ import annotations
