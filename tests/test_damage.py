@@ -20,6 +20,7 @@ from imgrec.exit_codes import ExitCode
 from indexer import current_generation_id, run_index
 from tests.damaging import KINDS, damage, remove_model_copy
 from tests.indexing_fixtures import copy_index, imgrec_command, make_inventory, make_model_dir
+from tests.test_disk_full import fill, small_disk  # noqa: F401 - a fixture
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,3 +227,24 @@ def test_rollback_refuses_a_damaged_target(built: Built, index: Path):
     assert result.exit_code == SEGMENT, result.output
     assert "generation 1: segment segments/000001.faiss is 100 bytes" in result.stderr
     assert current_generation_id(index) == 2
+
+
+def test_every_command_on_a_full_disk(built: Built, small_disk: Path):  # noqa: F811 - the fixture
+    """A full disk: SQLite cannot even create its WAL files to open the catalog. Every command says
+    so in one line and exits 74; nothing changes."""
+    index = small_disk / "index"
+    copy_index(built.index, index)
+    filler = fill(small_disk)
+    try:
+        for name in COMMANDS:
+            result = run(command(name, built, index), in_thread=name == "serve")
+            assert result.exit_code == ExitCode.STORAGE, (name, result.output)
+            errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+            assert len(errors) == 1 and "disk full while opening the catalog" in errors[0], (
+                name,
+                result.stderr,
+            )
+    finally:
+        filler.unlink()
+    assert current_generation_id(index) == 2
+    assert run(["verify", str(index)]).exit_code == 0
