@@ -17,8 +17,9 @@ What is checked:
 Repair restores a missing model copy from a model dir with the same fingerprint (the one given, or
 the one recorded by the run that built the generation), and when the current generation is damaged
 makes the newest kept generation whose files all verify current (as `imgrec rollback` does, across
-as many generations as needed). Damaged files no generation lists any more are moved to
-`INDEX/damaged/`, never deleted; a damaged catalog is reported, not repaired.
+as many generations as needed); kept generations with damaged files are no rollback targets any
+more (marked pruned). Damaged files no generation lists any more are moved to `INDEX/damaged/`,
+never deleted; a damaged catalog is reported, not repaired.
 """
 
 from __future__ import annotations
@@ -273,6 +274,8 @@ def check_generation(index_dir: str | Path, generation_id: int | None = None, *,
                 if generation_id is None:
                     return
             gen = session.get(Generation, generation_id)
+            if gen is None:
+                raise CatalogDamagedError(f"catalog.sqlite: no generation {generation_id}", index_dir)
             segments = generation_segments(session, generation_id)
     except Exception as e:
         damage = as_damage(e, index_dir)
@@ -372,7 +375,32 @@ def repair_index(
         actions += _repair_models(index_dir, report, model_dir)
         if report.current in report.damaged_generations():
             actions += _roll_back_to_good(index_dir, report)
+            report = verify_index(index_dir)
+        if report.current not in report.damaged_generations():
+            actions += _retire_damaged_kept(index_dir, report)
     return actions, verify_index(index_dir)
+
+
+def _retire_damaged_kept(index_dir: Path, report: VerifyReport) -> list[str]:
+    """Kept generations with damaged files are no rollback targets: mark them pruned, and move
+    their damaged files that no current or kept generation lists any more aside."""
+    from indexer.generations import live_segment_files
+
+    doomed = sorted(report.damaged_generations() - {report.current})
+    if not doomed:
+        return []
+    engine = make_engine(_database_url(index_dir))
+    try:
+        with Session(engine) as session, session.begin():
+            for g in session.scalars(select(Generation).where(Generation.id.in_(doomed))):
+                g.status = "pruned"
+        with Session(engine) as session:
+            live = live_segment_files(session)
+    finally:
+        engine.dispose()
+    actions = [f"kept generation {g} has damaged files: no longer a rollback target (pruned)" for g in doomed]
+    damaged = {p.file for p in report.problems if p.kind == "segment" and p.file and p.generation in doomed}
+    return actions + set_aside(index_dir, damaged - live)
 
 
 def _repair_models(index_dir: Path, report: VerifyReport, model_dir: str | Path | None) -> list[str]:

@@ -248,3 +248,16 @@ def test_every_command_on_a_full_disk(built: Built, small_disk: Path):  # noqa: 
         filler.unlink()
     assert current_generation_id(index) == 2
     assert run(["verify", str(index)]).exit_code == 0
+
+
+def test_a_full_rebuild_replaces_a_damaged_generation(built: Built, index: Path):
+    damaged = damage(index, "segment-truncated")
+    args = command("index", built, index) + ["--full"]
+    rebuilt = run(args)
+    assert rebuilt.exit_code == 0 and "published generation 3" in rebuilt.stdout, rebuilt.output
+    assert run(["verify", str(index)]).exit_code == SEGMENT  # kept generation 2 still lists the file
+    repaired = run(["verify", "--repair", str(index)])
+    assert repaired.exit_code == 0, repaired.output
+    assert "kept generation 2 has damaged files: no longer a rollback target (pruned)" in repaired.stdout
+    assert f"moved damaged segments/{damaged.name} to damaged/" in repaired.stdout
+    assert current_generation_id(index) == 3 and run(["verify", str(index)]).exit_code == 0
