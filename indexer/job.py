@@ -210,7 +210,8 @@ def _check_parent(index_dir: Path, generation_id: int, fingerprint: str, model_d
     :raise SegmentDamagedError: a segment file is missing or damaged.
     """
     from indexer.damage import ModelCopyMissingError
-    from indexer.verify import check_generation, restore_model_copy
+    from indexer.repair import restore_model_copy
+    from indexer.verify import check_generation
 
     try:
         check_generation(index_dir, generation_id)

@@ -36,7 +36,8 @@ def verify(index_dir: str, repair: bool, model_dir: str | None) -> None:
         imgrec verify --repair --model models/shop shop-index
     """
     from imgrec.commands.common import EXPECTED_ERRORS
-    from indexer.verify import repair_index, verify_index
+    from indexer.repair import repair_index
+    from indexer.verify import verify_index
 
     try:
         if repair:

@@ -60,7 +60,8 @@ def rollback(index_dir: str) -> None:
     from indexer.db import open_database
     from indexer.generations import index_lock, live_segment_files
     from indexer.generations import rollback as do_rollback
-    from indexer.verify import check_generation, set_aside
+    from indexer.repair import set_aside
+    from indexer.verify import check_generation
 
     try:
         with index_lock(index_dir):
