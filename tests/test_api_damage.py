@@ -92,3 +92,97 @@ def test_a_server_started_on_a_damaged_index_says_why(kind, reason, make_app, se
         assert api.post("/v1/search", files={"image": catalog.query_bytes()}).status_code == 503
         assert api.get("/healthz").status_code == 200
         assert "imgrec_index_generations_refused_total" in api.get("/metrics").text
+
+
+@pytest.mark.slow  # ~40 s: gunicorn's two workers load torch and the index
+def test_gunicorn_workers_refuse_a_truncated_segment(fresh_index, catalog, tmp_path):
+    """The SIGBUS case: 2 gunicorn workers map flat segments; a new generation whose segment is
+    truncated is refused by both (its size is checked before mapping); they keep serving, none dies.
+
+    The workers are stopped (SIGSTOP) while the generation is published and truncated, so that none
+    opens it before the damage: then they continue and find it damaged.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from tests.test_api import free_port
+
+    served = fresh_index.index
+    port, log_path = free_port(), tmp_path / "gunicorn.log"
+    env = {**os.environ, "IMGREC_INDEX": str(served), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    (tmp_path / "prom").mkdir()
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "python:search_api.gunicorn_conf", "--workers", "2",
+           "--bind", f"127.0.0.1:{port}", "search_api:create_app()"]  # fmt: skip
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def wait_for(ready, what: str) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if ready():
+                    return
+            except requests.RequestException:  # refused, or accepted while the workers still load
+                pass
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+
+    def both_workers_ready() -> bool:  # new connections spread over both workers
+        return all(requests.get(base + "/readyz", timeout=10).status_code == 200 for _ in range(8))
+
+    try:
+        wait_for(both_workers_ready, "gunicorn never became ready")
+        first = requests.get(base + "/readyz", timeout=10).json()["index"]["generation"]
+        group = [*children(proc.pid), proc.pid]
+        assert len(group) == 3
+        for pid in group:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            add_images(catalog, fresh_index.inventory)
+            second = build_index(fresh_index.inventory, catalog.model, served)
+            truncated = damage(served, "segment-truncated")
+        finally:
+            for pid in group:
+                os.kill(pid, signal.SIGCONT)
+
+        def refused_by_both() -> bool:
+            answers = [requests.get(base + "/readyz", timeout=10).json() for _ in range(8)]
+            return all(f"generation {second} refused" in (a.get("reload_error") or "") for a in answers)
+
+        wait_for(refused_by_both, "the damaged generation was never refused")
+        for _ in range(12):
+            r = requests.post(base + "/v1/search", files={"image": catalog.query_bytes()}, timeout=30)
+            assert r.status_code == 200 and r.json()["index"]["generation"] == first
+        ready = requests.get(base + "/readyz", timeout=10).json()
+        assert f"segment segments/{truncated.name} is " in ready["reload_error"]
+        assert "bytes, the catalog records" in ready["reload_error"]
+        metrics = requests.get(base + "/metrics", timeout=10).text
+        assert 'imgrec_index_generations_refused_total{damage="DamagedGenerationError"} 2.0' in metrics
+        assert proc.poll() is None and sorted(children(proc.pid)) == sorted(group[:2])  # no worker died
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    assert "SIGBUS" not in log_path.read_text()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
