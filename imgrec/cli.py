@@ -17,9 +17,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click  # noqa: E402
 
 from imgrec.commands import common  # noqa: E402
+from imgrec.exit_codes import EPILOG, ImgrecGroup  # noqa: E402
 
 
-@click.group()
+@click.group(cls=ImgrecGroup, epilog=EPILOG)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="imgrec")
 def cli(verbose: int) -> None:
@@ -192,8 +193,8 @@ def index(
                     inventory, model_dir, index_dir, opts,
                     embedder=embedder, on_total=on_total, on_progress=on_progress,
                 )  # fmt: skip
-        except StorageWriteError as e:
-            raise common.StorageFailure(e) from e
+        except StorageWriteError:
+            raise  # exit 74 (imgrec.exit_codes)
         except (*common.EXPECTED_ERRORS, OSError) as e:
             raise click.ClickException(str(e)) from e
     if as_json:
@@ -239,6 +240,7 @@ def query(
     """
     from imgrec.querying import run_queries
 
+    common.check_index(index_dir)
     try:
         answers = run_queries(images, index_dir, k=k, label=label, out_dir=out_dir)
     except common.EXPECTED_ERRORS as e:
@@ -286,3 +288,7 @@ from imgrec.commands.quality import duplicates, eval_command, info  # noqa: E402
 cli.add_command(eval_command)
 cli.add_command(duplicates)
 cli.add_command(info)
+
+from imgrec.commands.integrity import verify  # noqa: E402
+
+cli.add_command(verify)

@@ -47,7 +47,7 @@ from indexer.db import (
     Segment,
     utcnow,
 )
-from indexer.segment_search import OpenSegment
+from indexer.segment_search import OpenSegment, SegmentFileError, check_segment_file
 from indexer.segments import SEGMENTS_DIR
 from indexer.store import GenerationInfo, generation_segments
 
@@ -200,32 +200,54 @@ def prune(index_dir: str | Path, engine: Engine, keep: int) -> list[int]:
     return ids
 
 
-def rollback(index_dir: str | Path, engine: Engine) -> GenerationInfo:
-    """Make the previous kept generation current again, undoing the current one's item changes.
+def rollback(index_dir: str | Path, engine: Engine, to: int | None = None) -> GenerationInfo:
+    """Make the previous kept generation (or kept generation `to`) current again, undoing the item
+    changes of every generation after it; those become `rolled_back`.
 
-    :raise RollbackError: no earlier generation is kept.
+    The target is checked first: its segment files (size and sha256) and its model copy.
+
+    :raise RollbackError: no earlier generation is kept (or `to` is not one).
+    :raise DamagedGenerationError: a segment file of the target is missing or damaged.
+    :raise ModelCopyMissingError: the target's model copy is missing (it could not be served).
     """
+    from indexer.damage import ModelCopyMissingError
+    from indexer.store import DamagedGenerationError
+    from indexer.verify import model_problem
+
     with Session(engine) as session, session.begin():
         cur = current_generation(session)
         if cur is None:
             raise RollbackError(f"{index_dir} has no published generation")
-        target = session.scalars(
-            select(Generation)
-            .where(Generation.status == "kept", Generation.id < cur.id)
-            .order_by(Generation.id.desc())
-            .limit(1)
-        ).first()
+        query = select(Generation).where(Generation.status == "kept", Generation.id < cur.id)
+        if to is not None:
+            query = query.where(Generation.id == to)
+        target = session.scalars(query.order_by(Generation.id.desc()).limit(1)).first()
         if target is None:
+            if to is not None:
+                raise RollbackError(f"generation {to} is not a kept generation older than {cur.id}")
             raise RollbackError(f"generation {cur.id} is the oldest kept; there is nothing to roll back to")
         listed = generation_segments(session, target.id)
         for info, _ in listed:
-            if not (Path(index_dir) / info.file).is_file():
-                raise RollbackError(f"segment {info.file} of generation {target.id} is missing")
+            try:
+                check_segment_file(index_dir, info, checksum=True)
+            except FileNotFoundError:
+                raise DamagedGenerationError(
+                    f"segment {info.file} of generation {target.id} is missing", index_dir, info.file
+                ) from None
+            except SegmentFileError as e:
+                raise DamagedGenerationError(f"generation {target.id}: {e.problem}", index_dir, e.file) from e
+        if problem := model_problem(Path(index_dir), target.model_fingerprint):
+            raise ModelCopyMissingError(f"generation {target.id}: {problem}", index_dir)
         _undo_changes(session, cur, target)
         _place_live_items(session, Path(index_dir), target.id, listed)
         session.execute(delete(Folder))  # ledger rows restored: no folder is settled any more
         make_current(session, target)  # marks `cur` kept ...
         cur.status = "rolled_back"  # ... but it is undone: never a rollback target, its files orphans
+        session.execute(  # kept generations between the target and `cur` are undone with it
+            update(Generation)
+            .where(Generation.status == "kept", Generation.id > target.id, Generation.id < cur.id)
+            .values(status="rolled_back")
+        )
         session.flush()
         return GenerationInfo.from_row(target)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 from encoder.model_dir import copy_model_dir, read_model_dir
 from indexer import folders
 from indexer.compaction import MergePolicy, compact
+from indexer.damage import is_disk_full
 from indexer.db import DATABASE_FILE, Generation, open_database
 from indexer.generations import cleanup_orphans, current_generation, index_lock, prune
 from indexer.ingest import EmbeddedBatch, IngestLimits
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = "models"
 PARALLEL_PLAN_ITEMS = 50_000  # from this many live items a no-change scan is worth splitting
 MAX_PLAN_WORKERS = 8
-FULL_BELOW_BYTES = 1 << 20  # an I/O error with less free space than this is taken for a full disk
 Embedder = Callable[..., Iterator[EmbeddedBatch]]
 
 
@@ -85,6 +84,8 @@ class JobSummary:
     seconds: float = 0.0
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped or failed now
     warnings: list[str] = field(default_factory=list)  # e.g. a compaction skipped for lack of space
+    restored: list[str] = field(default_factory=list)  # e.g. a missing model copy restored
+    model_dir: str = ""  # the model dir given (`imgrec verify --repair` restores a model copy from it)
 
     def as_dict(self) -> dict:
         d = self.__dict__.copy()
@@ -127,11 +128,16 @@ def run_index(
             cur = current_generation(session)
             metric, index_type = _settings(cur, fingerprint, opts)
             parent_id, live_count = (cur.id, cur.item_count) if cur is not None else (None, 0)
+        summary_model_dir = str(Path(model_dir).resolve())
+        restored = []
+        if cur is not None and not opts.full:  # never build on damage (a --full rebuild replaces it)
+            restored = _check_parent(index_dir, cur.id, fingerprint, model_dir)
         workers = opts.plan_workers or (
             min(MAX_PLAN_WORKERS, available_cores()) if live_count >= PARALLEL_PLAN_ITEMS else 1
         )
         plan = plan_changes(engine, index_dir, inventory, opts.full, live_count, workers)
         summary = JobSummary(unchanged=plan.unchanged, skipped=plan.still_skipped)
+        summary.model_dir, summary.restored = summary_model_dir, restored
         if on_total:
             on_total(len(plan.embed))
         if not plan.changes_anything and not (opts.full and cur is not None):
@@ -197,6 +203,25 @@ def _publish_and_tidy(
     prune(publisher.index_dir, publisher.engine, opts.keep_generations)
 
 
+def _check_parent(index_dir: Path, generation_id: int, fingerprint: str, model_dir: str | Path) -> list[str]:
+    """The generation a run builds on must be intact: its segment files (size, sha256) and its model
+    copy, which is restored from `model_dir` (the same model: `_settings` checked) when missing.
+
+    :raise SegmentDamagedError: a segment file is missing or damaged.
+    """
+    from indexer.damage import ModelCopyMissingError
+    from indexer.repair import restore_model_copy
+    from indexer.verify import check_generation
+
+    try:
+        check_generation(index_dir, generation_id)
+    except ModelCopyMissingError:
+        done = restore_model_copy(index_dir, fingerprint, model_dir)
+        logger.warning("%s", done)
+        return [done]
+    return []
+
+
 def plan_changes(
     engine: Engine, index_dir: Path, inventory: str | Path, full: bool, live_count: int, workers: int = 1
 ) -> Plan:
@@ -255,25 +280,12 @@ def disk_full_is_clear(index_dir: Path) -> Iterator[None]:
     except StorageWriteError:
         raise
     except (OSError, OperationalError) as e:
-        if not _disk_full(e, index_dir):
+        if not is_disk_full(e, index_dir):
             raise
         where = "writing the index"
         if isinstance(e, OperationalError):
             where = "opening the catalog" if "i/o error" in str(e.orig).lower() else "writing the catalog"
         raise StorageWriteError(errno.ENOSPC, f"disk full while {where}: {_stays_current(index_dir)}") from e
-
-
-def _disk_full(e: BaseException, index_dir: Path) -> bool:
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(getattr(e, "orig", e)).lower()
-    if "full" in text:
-        return True
-    try:
-        st = os.statvfs(index_dir)
-    except OSError:
-        return False
-    return "i/o error" in text and st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
 
 
 def _stays_current(index_dir: Path) -> str:

@@ -28,14 +28,40 @@ import faiss
 import numpy as np
 
 from indexer import faiss_index
+from indexer.damage import SegmentDamagedError, file_digest
 from indexer.segments import SegmentInfo, ids_sum
 
 OVERSAMPLE_EXACT_MAX = 4096  # search k + all masked ids when that is at most this many results
 GATHER_MAX_SHARE = 0.25  # an allowed set up to this share of a flat segment is searched directly
 
 
-class SegmentFileError(RuntimeError):
-    """A segment file is missing, or not the file the catalog describes."""
+class SegmentFileError(SegmentDamagedError, RuntimeError):
+    """A segment file is not the file the catalog describes (size, sha256, contents)."""
+
+
+def check_segment_file(index_dir: str | Path, info: SegmentInfo, checksum: bool = True) -> None:
+    """The segment file has the size the catalog records and, with `checksum`, its sha256 (hashed
+    once per process: `indexer.damage.file_digest`). Nothing is mapped: a truncated file is refused
+    here instead of killing its reader with SIGBUS later.
+
+    :raise FileNotFoundError: the file is gone.
+    :raise SegmentFileError: wrong size or checksum.
+    """
+    path = Path(index_dir) / info.file
+    size = path.stat().st_size
+    if size != info.byte_size:
+        raise SegmentFileError(
+            f"segment {info.file} is {size:,} bytes, the catalog records {info.byte_size:,} (truncated or "
+            "overwritten)",
+            index_dir,
+            info.file,
+        )
+    if checksum and info.sha256 and file_digest(path) != info.sha256:
+        raise SegmentFileError(
+            f"segment {info.file} does not match the sha256 recorded when it was written (damaged at rest)",
+            index_dir,
+            info.file,
+        )
 
 
 @dataclass(eq=False)
@@ -53,34 +79,40 @@ class OpenSegment:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def open(cls, index_dir: str | Path, info: SegmentInfo, mmap: bool = True) -> OpenSegment:
-        """Open and check a segment file: size before mapping, then count, dimension and ids.
+    def open(
+        cls, index_dir: str | Path, info: SegmentInfo, mmap: bool = True, checksum: bool = False
+    ) -> OpenSegment:
+        """Open and check a segment file: size (always) and, with `checksum`, sha256 before FAISS
+        reads or maps a byte of it; then count, dimension and ids.
 
         :raise FileNotFoundError: the file is gone (e.g. pruned after a newer generation).
         :raise SegmentFileError: the file is not what the catalog records.
         """
         path = Path(index_dir) / info.file
-        size = path.stat().st_size  # FileNotFoundError passes through: the caller may retry
-        if size != info.byte_size:
-            raise SegmentFileError(
-                f"segment {info.file} is {size:,} bytes, the catalog records {info.byte_size:,}"
-            )
+        check_segment_file(index_dir, info, checksum)  # FileNotFoundError passes: the caller may retry
         flags = faiss.IO_FLAG_MMAP_IFC if mmap and info.index_type == "flat" else 0
         try:
             index = faiss.read_index(str(path), flags)
         except RuntimeError as e:
-            raise SegmentFileError(f"segment {info.file} cannot be read: {e}") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SegmentFileError(
+                f"segment {info.file} cannot be read by FAISS ({first})", index_dir, info.file
+            ) from e
         ids = faiss_index.ids_of(index)
         if index.ntotal != info.item_count or index.d != info.dim:
             raise SegmentFileError(
                 f"segment {info.file} holds {index.ntotal} vectors of dimension {index.d}, the catalog "
-                f"records {info.item_count} of dimension {info.dim}"
+                f"records {info.item_count} of dimension {info.dim}",
+                index_dir,
+                info.file,
             )
         in_order = len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1]))
         rows = None if in_order else np.argsort(ids, kind="stable")
         sorted_ids = ids if rows is None else ids[rows]
         if hashlib.sha256(sorted_ids.tobytes()).hexdigest() != info.ids_sha256:
-            raise SegmentFileError(f"the ids in segment {info.file} differ from those the catalog records")
+            raise SegmentFileError(
+                f"the ids in segment {info.file} differ from those the catalog records", index_dir, info.file
+            )
         xb = None
         inner = faiss.downcast_index(index.index)
         if isinstance(inner, faiss.IndexFlat) and index.ntotal:

@@ -17,7 +17,6 @@ fsynced. A failure removes the temp file and raises `StorageWriteError`.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,15 +78,6 @@ def _storage_error(e: OSError, path: Path) -> StorageWriteError:
     code = e.errno or errno.EIO
     what = "disk full" if code in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
     return StorageWriteError(code, f"{what} while writing {path.parent.name}/{path.name}")
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (the check `imgrec verify` runs against the segment row)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- deletion sets -------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ are shared with the snapshot it re-used them from (segment files never change).
 Checks on open (`verify=True`, cheap enough for every reload): each segment file opened for the
 first time has the size, count, dimension and ids the catalog records, and its live ids are
 exactly the catalog's live items of that segment; the generation's live count and ids checksum
-match its segments and deletion sets. `verify="full"` also compares every live id with the
-catalog, and `verify_snapshot(snap, checksums=True)` re-hashes every segment file.
+match its segments and deletion sets; with `checksums`, each segment file opened for the first time
+has its recorded sha256 (before FAISS reads it). `verify="full"` also compares every live id with
+the catalog. `indexer.verify` checks everything (`imgrec verify`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from encoder import Encoder, load_encoder
+from encoder import Encoder, ModelDirError, load_encoder
 from indexer.bulk import chunk_size, chunks
+from indexer.damage import ModelCopyMissingError, SegmentDamagedError
 from indexer.db import (
     DATABASE_FILE,
     Generation,
@@ -44,7 +46,7 @@ from indexer.db import (
 from indexer.db import database_url as _database_url
 from indexer.migrate import current_revision, head_revision
 from indexer.segment_search import OpenSegment, Part, SegmentFileError, search_parts
-from indexer.segments import SegmentInfo, checksum_hex, decode_ids, file_sha256, ids_sum
+from indexer.segments import SegmentInfo, checksum_hex, decode_ids, ids_sum
 
 ITEM_CACHE_SIZE = 100_000  # catalog records kept per snapshot
 ITEM_COLUMNS = (Item.id, Item.path, Item.label, Item.width, Item.height, Item.sha256, Item.deleted_generation)
@@ -56,6 +58,13 @@ class IndexNotFoundError(FileNotFoundError):
 
 class InconsistentIndexError(RuntimeError):
     """FAISS and SQLite disagree about a generation; the index must not be served."""
+
+
+class DamagedGenerationError(InconsistentIndexError, SegmentDamagedError):
+    """A segment file of the generation is missing or damaged (size, sha256, unreadable)."""
+
+    def __init__(self, problem: str, index_dir: str | Path | None = None, file: str | None = None):
+        SegmentDamagedError.__init__(self, problem, index_dir, file)
 
 
 @dataclass(frozen=True)
@@ -138,7 +147,7 @@ class Snapshot:
         """The model that built this generation (loaded on first use, from the index's own copy)."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = load_encoder(model_path(self.index_dir, self.generation.model_fingerprint))
+                self._encoder = load_model_copy(self.index_dir, self.generation.model_fingerprint)
             return self._encoder
 
     @property
@@ -345,6 +354,28 @@ def model_path(index_dir: str | Path, fingerprint: str) -> Path:
     return Path(index_dir) / "models" / fingerprint
 
 
+def load_model_copy(index_dir: str | Path, fingerprint: str) -> Encoder:
+    """The encoder from the index's own model copy.
+
+    :raise ModelCopyMissingError: the copy is missing, incomplete or no longer matches `fingerprint`.
+    """
+    path = model_path(index_dir, fingerprint)
+    if not path.is_dir():
+        raise ModelCopyMissingError(f"the index's model copy models/{fingerprint[:12]} is missing", index_dir)
+    try:
+        encoder = load_encoder(path)
+    except ModelDirError as e:
+        raise ModelCopyMissingError(
+            f"the index's model copy models/{fingerprint[:12]} is damaged: {e}", index_dir
+        ) from e
+    if encoder.fingerprint != fingerprint:
+        raise ModelCopyMissingError(
+            f"the index's model copy models/{fingerprint[:12]} holds another model ({encoder.fingerprint[:12]})",
+            index_dir,
+        )
+    return encoder
+
+
 def has_catalog(index_dir: str | Path) -> bool:
     return (Path(index_dir) / DATABASE_FILE).is_file()
 
@@ -372,6 +403,7 @@ def open_snapshot(
     *,
     mmap: bool = True,
     verify: Verify = True,
+    checksums: bool = True,
     retries: int = 3,
     reuse: Snapshot | None = None,
 ) -> Snapshot:
@@ -379,9 +411,12 @@ def open_snapshot(
 
     With `mmap`, flat segments are memory-mapped read-only (processes share one copy). With
     `reuse`, segments (same id and checksum) and the encoder (same model) of that snapshot are
-    shared instead of opened again: a new generation costs only its new segments.
+    shared instead of opened again: a new generation costs only its new segments. Every segment
+    opened (not re-used) is checked for its size and, with `checksums`, its sha256 before FAISS
+    reads it (hashed once per process, `indexer.damage.file_digest`).
 
     :raise IndexNotFoundError: nothing published yet.
+    :raise DamagedGenerationError: a segment file is missing or damaged.
     :raise InconsistentIndexError: segment files and SQLite disagree.
     """
     index_dir = Path(index_dir)
@@ -410,16 +445,21 @@ def open_snapshot(
             try:
                 parts = [
                     Part(
-                        known.get((info.id, info.sha256)) or OpenSegment.open(index_dir, info, mmap), deleted
+                        known.get((info.id, info.sha256))
+                        or OpenSegment.open(index_dir, info, mmap, checksum=checksums),
+                        deleted,
                     )
                     for info, deleted in listed
                 ]
             except FileNotFoundError as e:
                 if attempt + 1 < retries and current_generation_id(index_dir, engine) != gen.id:
                     continue  # pruned between our read and the open: a newer generation is current
-                raise InconsistentIndexError(f"generation {gen.id}: a segment file is missing: {e}") from e
+                missing = f"segments/{Path(e.filename or '?').name}"
+                raise DamagedGenerationError(
+                    f"generation {gen.id}: segment {missing} is missing", index_dir, missing
+                ) from e
             except SegmentFileError as e:
-                raise InconsistentIndexError(f"generation {gen.id} is inconsistent: {e}") from e
+                raise DamagedGenerationError(f"generation {gen.id}: {e.problem}", index_dir, e.file) from e
             snap = Snapshot(index_dir, engine, gen, parts)
             if verify:
                 check_snapshot(snap, catalog, live)
@@ -514,23 +554,3 @@ def _compare(have: np.ndarray, catalog: np.ndarray, where: str) -> list[str]:
     return [
         f"{len(missing)} catalog items not in {where}, {len(extra)} ids in {where} not live in the catalog"
     ]
-
-
-def verify_snapshot(snap: Snapshot, checksums: bool = True) -> None:
-    """The thorough check (for `imgrec verify`): every live id against the catalog and, with
-    `checksums`, every segment file's sha256 against the one recorded when it was written.
-
-    :raise InconsistentIndexError: something disagrees.
-    """
-    with read_snapshot(snap.engine) as session:
-        live = live_item_ids(session)
-        per_segment = {
-            p.segment.info.id: segment_live_item_ids(session, p.segment.info.id) for p in snap.parts
-        }
-    check_snapshot(snap, per_segment, live)
-    if checksums:
-        for info in snap.segments:
-            if info.sha256 and file_sha256(snap.index_dir / info.file) != info.sha256:
-                raise InconsistentIndexError(
-                    f"generation {snap.generation.id}: segment {info.file} does not match its checksum"
-                )

@@ -7,8 +7,11 @@
 
 A newer generation is opened on the poller thread, re-using the served snapshot's open segments
 (segment files never change) and its encoder (same model fingerprint), so only new segments are
-read and checked; then it is swapped in with one assignment. Requests that hold the old snapshot
-keep it; it is closed when the last of them is done.
+read and checked (size before mapping, sha256 on this thread: hashing a big new segment never holds
+a request); then it is swapped in with one assignment. Requests that hold the old snapshot keep it;
+it is closed when the last of them is done. A damaged generation, catalog or model copy is refused:
+the old snapshot stays served, `status().reload_error` says which file, what is wrong and the next
+step, and `on_refuse` callbacks (metrics) count it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sqlalchemy.pool import NullPool
 
 from indexer import Hit, Snapshot, current_generation_id, open_snapshot
 from indexer.ann import search_params
+from indexer.damage import IndexDamageError, as_damage
 from indexer.db import database_url, make_engine
 from indexer.store import has_catalog
 from search_api.batching import Batcher
@@ -112,7 +116,10 @@ class SearchEngine:
             self._process, window_ms=batch_window_ms, max_batch=max_batch
         )
         self.reloads = 0
+        self.refusals = 0  # generations refused because a file of theirs is damaged
+        self.damage: IndexDamageError | None = None  # why the last refused generation was refused
         self.on_swap: list = []  # callbacks(snapshot) after each swap (metrics)
+        self.on_refuse: list = []  # callbacks(IndexDamageError) after each refusal (metrics)
         self._held: _Held | None = None
         self._lock = threading.Lock()  # guards _held and the users counts
         self._reload_lock = threading.Lock()  # one reload at a time
@@ -160,7 +167,16 @@ class SearchEngine:
     def reload(self) -> bool:
         """Swap in the published generation if it differs from the one served. True if swapped."""
         with self._reload_lock:
-            wanted = self._published_generation()
+            try:
+                wanted = self._published_generation()
+            except Exception as e:
+                damage = as_damage(e)
+                if damage is None:
+                    raise
+                if self._failed is None or self._failed[0] is not None:
+                    logger.error("cannot read the catalog of %s: %s", self.index_dir, damage)
+                self._failed = (None, time.monotonic(), self._refuse(None, damage))
+                return False
             if wanted is None:
                 if self._held is None:
                     self._not_ready = "no index published yet"
@@ -176,16 +192,40 @@ class SearchEngine:
             try:
                 snap = self._open()
             except Exception as e:
-                self._failed = (wanted, time.monotonic(), f"{type(e).__name__}: {e}")
+                damage = as_damage(e)
                 logger.error("cannot serve generation %s of %s: %s", wanted, self.index_dir, e)
-                if self._held is None:
-                    self._not_ready = (
-                        f"no index loaded: the published one cannot be served ({type(e).__name__})"
-                    )
+                if damage is None:
+                    reason = f"{type(e).__name__}: {e}"
+                    if self._held is None:
+                        self._not_ready = (
+                            f"no index loaded: the published one cannot be served ({type(e).__name__})"
+                        )
+                else:
+                    reason = self._refuse(wanted, damage)
+                self._failed = (wanted, time.monotonic(), reason)
                 return False
             self._failed = None
+            self.damage = None
             self._swap(snap)
             return True
+
+    def _refuse(self, generation: int | None, damage: IndexDamageError) -> str:
+        """Count a damaged generation (or catalog) refused, once however often it is retried, and
+        return the reason for clients: which file, what is wrong, the next step (INDEX for the path:
+        no server paths in answers)."""
+        if self._failed is None or self._failed[0] != generation:  # counted once, not per retry
+            self.refusals += 1
+            for callback in self.on_refuse:
+                callback(damage)
+        self.damage = damage
+        shown = type(damage)(damage.problem, "INDEX", damage.file)
+        served = self._held.snapshot.generation.id if self._held is not None else None
+        reason = f"generation {generation} refused: {shown}" if generation else f"refused: {shown}"
+        if served is None:
+            self._not_ready = f"no index loaded: {reason}"
+        else:
+            reason += f" (still serving generation {served})"
+        return reason
 
     def _published_generation(self) -> int | None:
         """The current generation's id, through a catalog connection kept between checks."""
@@ -393,6 +433,7 @@ def init_app(app: Flask) -> None:
     metrics = app.extensions.get("imgrec.metrics")
     if metrics is not None:
         eng.on_swap.append(metrics.index_swapped)
+        eng.on_refuse.append(metrics.generation_refused)
     eng.start()
 
 

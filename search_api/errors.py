@@ -7,9 +7,11 @@ from http import HTTPStatus
 from typing import Any
 
 from apiflask import APIFlask, HTTPError
+from sqlalchemy.exc import DatabaseError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError
+from indexer.damage import IndexDamageError, as_damage
 from search_api.limits import FormLimitError
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,17 @@ def init_app(app: APIFlask) -> None:
     @app.errorhandler(NotReadyError)
     def handle_known(e: Exception):
         return app.error_callback(HTTPError(e.status, str(e)))
+
+    @app.errorhandler(IndexDamageError)
+    @app.errorhandler(DatabaseError)
+    def handle_damage(e: Exception):
+        damage = as_damage(e)
+        if damage is None:  # another database failure: a plain 500, logged
+            logger.exception("database error")
+            return app.error_callback(HTTPError(500, "internal error reading the index catalog"))
+        shown = type(damage)(damage.problem, "INDEX", damage.file)
+        logger.error("index damaged: %s", damage)
+        return app.error_callback(HTTPError(503, f"the index is damaged: {shown}"))
 
     @app.errorhandler(RequestEntityTooLarge)
     def handle_too_large(e: RequestEntityTooLarge):

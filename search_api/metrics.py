@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from indexer import Snapshot
+from indexer.damage import IndexDamageError
 
 
 class Metrics:
@@ -46,12 +47,22 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.refused = Counter(
+            "imgrec_index_generations_refused",
+            "Published generations not served because a file of theirs is damaged, by kind of damage.",
+            ["damage"],
+            registry=self.registry,
+        )
         self.generation = Gauge(
             "imgrec_index_generation",
             "Id of the index generation being served.",
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+
+    def generation_refused(self, damage: IndexDamageError) -> None:
+        """Engine callback: a published generation was refused because a file of it is damaged."""
+        self.refused.labels(type(damage).__name__).inc()
 
     def index_swapped(self, snap: Snapshot) -> None:
         """Engine callback: a new generation is being served."""

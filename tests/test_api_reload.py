@@ -144,7 +144,7 @@ def test_an_inconsistent_index_is_not_served(make_app, serve, fresh_index, catal
     app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0)
     with Api(serve(app)) as api:
         r = api.get("/readyz")
-        assert r.status_code == 503 and "InconsistentIndexError" in r.json()["message"]
+        assert r.status_code == 503 and "refused: generation 1: segment segments/" in r.json()["message"]
         assert api.post("/v1/search", files={"image": catalog.query_bytes()}).status_code == 503
         assert api.get("/healthz").status_code == 200
 
@@ -160,6 +160,6 @@ def test_an_inconsistent_new_generation_keeps_the_old_one_serving(make_app, serv
         assert not eng.reload()
         ready = api.get("/readyz")
         assert ready.status_code == 200 and ready.json()["index"]["generation"] == first
-        assert "inconsistent" in ready.json()["reload_error"]
+        assert "the catalog records" in ready.json()["reload_error"]  # its size
         body = api.post("/v1/search", files={"image": catalog.query_bytes()}).json()
         assert body["index"]["generation"] == first

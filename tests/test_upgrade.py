@@ -124,13 +124,16 @@ def legacy(tmp_path):
 def test_an_index_written_at_0001_upgrades_in_place(legacy, tmp_path):
     inventory, model, index, was_current = legacy
     files_before = {p: p.read_bytes() for p in (index / "generations").iterdir()}
-    CliRunner().invoke(cli, ["info", str(index)])  # a reader refuses an old schema, and changes nothing
+    refused = CliRunner().invoke(cli, ["info", str(index)])  # a reader refuses an old schema, changes nothing
+    assert refused.exit_code == 1 and "catalog schema is not up to date" in refused.output, refused.output
     assert current_revision(f"sqlite:///{index / 'catalog.sqlite'}") == "0001"
 
     engine_url = f"sqlite:///{index / 'catalog.sqlite'}"
     upgrade(engine_url)
     assert current_revision(engine_url) == head_revision()
     assert {p: p.read_bytes() for p in (index / "generations").iterdir()} == files_before  # read, not moved
+    verified = CliRunner().invoke(cli, ["verify", str(index)])  # the upgrade hashed every file it kept
+    assert verified.exit_code == 0 and "2 current or kept generations, 2 segment files" in verified.output
     assert_same_index(index_contents(index), was_current)  # verified in full: ids, counts, segment_id
     snap = open_snapshot(index)
     try:

@@ -37,16 +37,12 @@ EXPECTED_ERRORS = (
 )
 
 
-EXIT_STORAGE = 74  # sysexits EX_IOERR: the index could not be written (disk full...); nothing published
+def check_index(index_dir: str) -> None:
+    """Stop on damage in what the current generation uses: catalog, segment files (size, sha256),
+    model copy (`indexer.verify.check_generation`; `imgrec.exit_codes` gives the exit code)."""
+    from indexer.verify import check_generation
 
-
-class StorageFailure(click.ClickException):
-    """A write to the index failed: one clear line, exit code `EXIT_STORAGE`."""
-
-    exit_code = EXIT_STORAGE
-
-    def __init__(self, error: OSError):
-        super().__init__(error.strerror or str(error))
+    check_generation(index_dir)
 
 
 def train_config(arch: str | None, overrides: dict) -> TrainConfig:
@@ -141,6 +137,8 @@ def echo_summary(s: JobSummary) -> None:
         click.echo("nothing changed; no new generation")
     if s.merged:
         click.echo(f"merged segments {s.merged} time(s)")
+    for done in s.restored:
+        click.echo(done)
     for warning in s.warnings:
         click.echo(f"warning: {warning}")
     for path, reason in s.problems:

@@ -18,9 +18,10 @@ def status(index_dir: str, as_json: bool, limit: int) -> None:
 
         imgrec status shop-index
     """
-    from imgrec.commands.common import EXPECTED_ERRORS
+    from imgrec.commands.common import EXPECTED_ERRORS, check_index
     from indexer.ledger import ledger_report
 
+    check_index(index_dir)
     try:
         report = ledger_report(index_dir, limit=limit)
     except EXPECTED_ERRORS as e:
@@ -52,21 +53,35 @@ def rollback(index_dir: str) -> None:
 
         imgrec rollback shop-index
     """
+    from sqlalchemy.orm import Session
+
     from imgrec.commands.common import EXPECTED_ERRORS
+    from indexer.damage import SegmentDamagedError
     from indexer.db import open_database
-    from indexer.generations import index_lock
+    from indexer.generations import index_lock, live_segment_files
     from indexer.generations import rollback as do_rollback
+    from indexer.repair import set_aside
+    from indexer.verify import check_generation
 
     try:
         with index_lock(index_dir):
+            try:  # the generation left: its damaged file is kept (moved aside), never deleted as an orphan
+                check_generation(index_dir, model=False)
+                damaged = None
+            except SegmentDamagedError as e:
+                damaged = e.file
             engine = open_database(index_dir)
             try:
                 target = do_rollback(index_dir, engine)
+                with Session(engine) as session:
+                    moved = set_aside(index_dir, {damaged} - live_segment_files(session)) if damaged else []
             finally:
                 engine.dispose()
     except EXPECTED_ERRORS + (RuntimeError,) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"generation {target.id} is current again ({target.item_count} items)")
+    for line in moved:
+        click.echo(line)
 
 
 @click.command()
@@ -103,13 +118,14 @@ def compact(
 
         imgrec compact shop-index --all
     """
-    from imgrec.commands.common import EXPECTED_ERRORS, StorageFailure
+    from imgrec.commands.common import EXPECTED_ERRORS, check_index
     from indexer.compaction import MergePolicy
     from indexer.compaction import compact as run_compact
     from indexer.db import open_database
     from indexer.generations import index_lock, prune
     from indexer.segments import StorageWriteError
 
+    check_index(index_dir)
     try:
         with index_lock(index_dir, wait=wait_for_lock):
             engine = open_database(index_dir)
@@ -120,8 +136,8 @@ def compact(
                 prune(index_dir, engine, keep_generations)
             finally:
                 engine.dispose()
-    except StorageWriteError as e:
-        raise StorageFailure(e) from e
+    except StorageWriteError:
+        raise  # exit 74 (imgrec.exit_codes)
     except EXPECTED_ERRORS + (RuntimeError,) as e:
         raise click.ClickException(str(e)) from e
     if published:

@@ -53,6 +53,7 @@ def eval_command(
     from indexer.evaluation import evaluate_index, save_eval_figures
     from indexer.report import format_figures, write_report
 
+    common.check_index(index_dir)
     try:
         with tqdm(desc="queries", unit="img") as bar:
             run = evaluate_index(
@@ -89,6 +90,7 @@ def duplicates(index_dir: str, threshold: float | None, out_dir: str | None, as_
     from indexer import open_snapshot
     from indexer.duplicates import find_duplicates, save_group_picture
 
+    common.check_index(index_dir)
     try:
         snap = open_snapshot(index_dir)
     except common.EXPECTED_ERRORS as e:
@@ -133,6 +135,7 @@ def info(index_dir: str, as_json: bool) -> None:
     from indexer.info import generation_record
     from indexer.report import format_figures
 
+    common.check_index(index_dir)
     try:
         record = generation_record(index_dir)
     except common.EXPECTED_ERRORS as e:

@@ -26,6 +26,10 @@ import click
 def serve(index_dir: str, host: str, port: int, threads: int) -> None:
     """Serve the search API and the web page for local use (production: gunicorn, see docs).
 
+    A damaged index (segment file, catalog, model copy) is refused: with nothing else to serve,
+    serve exits with the damage's code; a damaged newer generation leaves the old one served and
+    /readyz says why.
+
     Other settings come from IMGREC_* environment variables (IMGREC_MAX_K, IMGREC_BATCH_WINDOW_MS, ...).
 
     Example:
@@ -39,6 +43,10 @@ def serve(index_dir: str, host: str, port: int, threads: int) -> None:
     from search_api import create_app
 
     app = create_app({"INDEX": index_dir})
+    engine = app.extensions["imgrec"]
+    if engine.damage is not None and not engine.status().ready:  # nothing servable: say why, exit 65/66/75
+        engine.close()
+        raise engine.damage
     click.echo(f"imgrec: serving {index_dir} on http://{host}:{port}/  (API docs at /docs; Ctrl-C stops)")
     if host in ("0.0.0.0", "::") and (lan := lan_address()):
         click.echo(f"imgrec: on this network (phones too): http://{lan}:{port}/")
