@@ -39,9 +39,12 @@ class SegmentFileError(SegmentDamagedError, RuntimeError):
     """A segment file is not the file the catalog describes (size, sha256, contents)."""
 
 
-def check_segment_file(index_dir: str | Path, info: SegmentInfo, checksum: bool = True) -> None:
+def check_segment_file(
+    index_dir: str | Path, info: SegmentInfo, checksum: bool = True, *, trust_stamp: bool = False
+) -> None:
     """The segment file has the size the catalog records and, with `checksum`, its sha256 (hashed
-    once per process: `indexer.damage.file_digest`). Nothing is mapped: a truncated file is refused
+    once per process, or trusting a stamp left by an earlier hash with `trust_stamp`:
+    `indexer.damage.file_digest`). Nothing is mapped: a truncated file is refused
     here instead of killing its reader with SIGBUS later.
 
     :raise FileNotFoundError: the file is gone.
@@ -56,7 +59,7 @@ def check_segment_file(index_dir: str | Path, info: SegmentInfo, checksum: bool 
             index_dir,
             info.file,
         )
-    if checksum and info.sha256 and file_digest(path) != info.sha256:
+    if checksum and info.sha256 and file_digest(path, trust_stamp=trust_stamp) != info.sha256:
         raise SegmentFileError(
             f"segment {info.file} does not match the sha256 recorded when it was written (damaged at rest)",
             index_dir,

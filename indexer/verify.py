@@ -184,12 +184,13 @@ def _check_files(index_dir: Path, listed: dict[int, list], report: VerifyReport)
                 )
 
 
-def file_problem(index_dir: Path, info: SegmentInfo) -> str | None:
-    """What is wrong with a segment file (None: size and sha256 as recorded)."""
+def file_problem(index_dir: Path, info: SegmentInfo, *, trust_stamp: bool = False) -> str | None:
+    """What is wrong with a segment file (None: size and sha256 as recorded; `trust_stamp`: see
+    `indexer.damage.file_digest`)."""
     if not info.sha256:
         return f"segment {info.file} has no recorded sha256 (it was missing when the index was upgraded)"
     try:
-        check_segment_file(index_dir, info, checksum=True)
+        check_segment_file(index_dir, info, checksum=True, trust_stamp=trust_stamp)
     except FileNotFoundError:
         return f"segment {info.file} is missing"
     except SegmentFileError as e:
@@ -240,7 +241,8 @@ def _check_current_in_full(index_dir: Path, report: VerifyReport) -> None:
 
 def check_generation(index_dir: str | Path, generation_id: int | None = None, *, model: bool = True) -> None:
     """Raise the first damage in what a generation (default: the current one) uses: the catalog,
-    its segment files (size, sha256; hashed once per process), its model copy.
+    its segment files (size, sha256: hashed once per process, or a stamp left by an earlier hash
+    trusted while size, mtime and inode are unchanged), its model copy.
 
     Nothing published: nothing to check.
 
@@ -276,7 +278,7 @@ def check_generation(index_dir: str | Path, generation_id: int | None = None, *,
     finally:
         engine.dispose()
     for info, _ in segments:
-        problem = file_problem(index_dir, info)
+        problem = file_problem(index_dir, info, trust_stamp=True)
         if problem:
             raise DamagedGenerationError(f"generation {generation_id}: {problem}", index_dir, info.file)
     if model and (problem := model_problem(index_dir, gen.model_fingerprint)):
