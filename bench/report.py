@@ -243,6 +243,20 @@ def _steakhouse(r: dict) -> str:
     return md_table(rows, [("seed", "seed", ""), ("p5", header, ".2f")]) + measured(r)
 
 
+@renderer("cli_startup")
+def _cli_startup(r: dict) -> str:
+    rows = [
+        {"what": "`python -c pass` (the interpreter alone)", "s": r["python_s"]},
+        {"what": "`imgrec --help`", "s": r["imgrec_help_s"]},
+    ]
+    verdict = "met" if r["met"] else "**missed**"
+    return (
+        md_table(rows, [("what", "command", ""), ("s", f"median wall s ({r['rounds']} rounds)", ".3f")])
+        + f"\nTarget: {r['target']}: {verdict}.\n"
+        + measured(r)
+    )
+
+
 @renderer("hostile_decode")
 def _hostile_decode(r: dict) -> str:
     h, lim = r["hostile"], r["at_limit"]
@@ -333,7 +347,9 @@ def render_text(text: str, results_dir: Path = RESULTS) -> str:
 
     def fill(m: re.Match) -> str:
         if not (results_dir / f"{m.group('name')}.json").is_file():
-            print(f"MISSING bench/results/{m.group('name')}.json: its block is left as it is", file=sys.stderr)
+            print(
+                f"MISSING bench/results/{m.group('name')}.json: its block is left as it is", file=sys.stderr
+            )
             return m.group(0)
         head = m.group(0)[: m.start("body") - m.start()]
         return head + render_block(m.group("name"), m.group("view"), results_dir) + END

@@ -302,7 +302,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="No-change and add-10 runs per size.")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--keep-index", action="store_true")
-    ap.add_argument("--out", type=Path, default=results_path("scale"), help="Results file; runs are kept by --label.")
+    ap.add_argument(
+        "--out", type=Path, default=results_path("scale"), help="Results file; runs are kept by --label."
+    )
     ap.add_argument("--report", type=Path, nargs="+", help="Print a markdown table of these result files.")
     args = ap.parse_args()
     if args.report:

@@ -38,7 +38,9 @@ def main() -> int:
                 stack_grids(sorted((Path(tmp) / "grids").glob("*.png")), args.picture)
     print(f"mean P@5 over {len(scores)} seeds: {sum(scores) / len(scores):.2f} (min {min(scores):.2f})")
     summary = {"mean": sum(scores) / len(scores), "min": min(scores), "max": max(scores)}
-    write_json(args.out, {"seeds": args.seeds, "p_at_5": scores, **{f"p_at_5_{k}": v for k, v in summary.items()}})
+    write_json(
+        args.out, {"seeds": args.seeds, "p_at_5": scores, **{f"p_at_5_{k}": v for k, v in summary.items()}}
+    )
     return 0
 
 

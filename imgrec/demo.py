@@ -45,9 +45,7 @@ def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> D
         answers = answer_queries(snap, paths, k=5)
         first_per_class = {Path(a.query).parent.name: a for a in reversed(answers)}
         grid_dir = out / "grids"
-        answer_queries(
-            snap, [Path(a.query) for a in first_per_class.values()], k=5, out_dir=grid_dir
-        )
+        answer_queries(snap, [Path(a.query) for a in first_per_class.values()], k=5, out_dir=grid_dir)
     finally:
         snap.close()
     p1 = float(np.mean([a.hits[0].item.label == Path(a.query).parent.name for a in answers]))

@@ -9,32 +9,40 @@ from typing import TYPE_CHECKING
 import click
 from tqdm import tqdm
 
-from encoder import ModelDirError
-from indexer import (
-    InconsistentIndexError,
-    IndexLockedError,
-    IndexNotFoundError,
-    ModelMismatchError,
-    RollbackError,
-)
-
 if TYPE_CHECKING:
     from encoder.train import TrainConfig, TrainResult
     from imgrec.querying import QueryAnswer
     from indexer import JobSummary
 
-# Failures a user can fix: shown as one clear line, not a traceback.
-EXPECTED_ERRORS = (
-    ModelDirError,
-    ModelMismatchError,
-    IndexLockedError,
-    IndexNotFoundError,
-    InconsistentIndexError,
-    RollbackError,
-    FileNotFoundError,
-    NotADirectoryError,
-    ValueError,
-)
+
+def __getattr__(name: str) -> tuple[type[Exception], ...]:
+    """`EXPECTED_ERRORS`: failures a user can fix, shown as one clear line, not a traceback.
+
+    Built on first use, so that importing the CLI (`imgrec --help`) loads neither torch, FAISS,
+    SQLAlchemy nor Alembic.
+    """
+    if name != "EXPECTED_ERRORS":
+        raise AttributeError(name)
+    from encoder import ModelDirError
+    from indexer import (
+        InconsistentIndexError,
+        IndexLockedError,
+        IndexNotFoundError,
+        ModelMismatchError,
+        RollbackError,
+    )
+
+    return (
+        ModelDirError,
+        ModelMismatchError,
+        IndexLockedError,
+        IndexNotFoundError,
+        InconsistentIndexError,
+        RollbackError,
+        FileNotFoundError,
+        NotADirectoryError,
+        ValueError,
+    )
 
 
 def check_index(index_dir: str) -> None:
