@@ -235,7 +235,8 @@ def _watch(inventory: str, model_dir: str, index_dir: str, opts: object, poll: f
     from indexer import StorageWriteError
     from indexer.watch import watch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    watch_log = logging.getLogger("indexer.watch")  # one line per batch, whatever -v says
+    watch_log.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
