@@ -203,9 +203,8 @@ def index(
         **{k: v for k, v in options.items() if v is not None}, merge_policy=MergePolicy(factor=merge_factor)
     )
     if watch:
-        if dask_address:
-            raise click.UsageError("--watch embeds locally; leave out --dask")
-        _watch(inventory, model_dir, index_dir, opts, poll)
+        with _dask_embedder(dask_address, model_dir) if dask_address else nullcontext() as embedder:
+            _watch(inventory, model_dir, index_dir, opts, poll, embedder)
         return
     if poll is not None:
         raise click.UsageError("--poll goes with --watch")
@@ -226,7 +225,9 @@ def index(
         common.echo_summary(summary)
 
 
-def _watch(inventory: str, model_dir: str, index_dir: str, opts: object, poll: float | None) -> None:
+def _watch(
+    inventory: str, model_dir: str, index_dir: str, opts: object, poll: float | None, embedder: object
+) -> None:
     """Run the watcher until SIGTERM/SIGINT (the batch under way finishes; exit 0)."""
     import logging
     import signal
@@ -241,7 +242,7 @@ def _watch(inventory: str, model_dir: str, index_dir: str, opts: object, poll: f
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        watch(inventory, model_dir, index_dir, opts, poll=poll, stop=stop)
+        watch(inventory, model_dir, index_dir, opts, poll=poll, stop=stop, embedder=embedder)
     except StorageWriteError as e:
         raise common.StorageFailure(e) from e
     except (*common.EXPECTED_ERRORS, OSError) as e:

@@ -173,6 +173,7 @@ def apply_batch(
     options=None,  # noqa: ANN001 - indexer.job.IndexOptions
     encoder=None,  # noqa: ANN001 - an Encoder to re-use across batches
     engine: Engine | None = None,
+    embedder=None,  # noqa: ANN001 - as for run_index
 ) -> BatchResult:
     """One batch: queued jobs + `dirty` folders (None: the whole inventory) -> one publish."""
     from indexer.db import open_database
@@ -194,7 +195,9 @@ def apply_batch(
             for prefix in force:
                 folders.setdefault(prefix, False)
         changes = LiveChanges(folders, tombstones, force)
-        summary = run_index(inventory, model_dir, index_dir, options, live=changes, encoder=encoder)
+        summary = run_index(
+            inventory, model_dir, index_dir, options, live=changes, encoder=encoder, embedder=embedder
+        )
         states = queue.resolve_jobs(engine, jobs, root) if jobs else {}
         return BatchResult(len(jobs), states, summary)
     finally:

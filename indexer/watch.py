@@ -110,6 +110,7 @@ def watch(
     stop: threading.Event | None = None,
     debounce: float = DEBOUNCE,
     on_batch: Callable[[BatchResult], None] | None = None,
+    embedder=None,  # noqa: ANN001 - as for run_index (e.g. a DaskEmbedder); None: this process
 ) -> None:
     """Apply queued writes and folder changes until `stop` is set (see the module doc)."""
     from encoder import load_encoder
@@ -137,7 +138,7 @@ def watch(
                 try:
                     result = apply_batch(
                         inventory, model_dir, index_dir, None if full else folders,
-                        options=options, encoder=encoder, engine=engine,
+                        options=options, encoder=encoder, engine=engine, embedder=embedder,
                     )  # fmt: skip
                 except Exception as e:  # noqa: BLE001 - e.g. another run holds the lock; retried
                     if _fatal(e):
