@@ -65,6 +65,11 @@ class DirtyFolders:
             if rel == "." or rel.startswith(".."):
                 continue
             rel = rel.replace(os.sep, "/")
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:  # a name that is not UTF-8: the ledger escapes it, plan it all
+                self.mark("", True)
+                continue
             if event.is_directory:
                 self.mark(rel + "/", True)
             self.mark(folder_of(rel), False)

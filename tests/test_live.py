@@ -302,3 +302,31 @@ def test_a_partial_plan_reads_only_the_dirty_folders(fresh_index):
     shutil.rmtree(b)
     gone = plan_live(cat.inventory, catalog, {f"{b.name}/": True})
     assert len(gone.delete) == len(list(folders[2].glob("*.jpg")))  # every class has the same count
+
+
+def test_events_mark_their_folders_and_a_burst_is_one_batch(tmp_path):
+    from watchdog.events import DirDeletedEvent, DirMovedEvent, FileCreatedEvent, FileModifiedEvent
+
+    from indexer.live import normalized
+    from indexer.watch import DirtyFolders
+
+    root = str(tmp_path)
+    dirty = DirtyFolders(root)
+    for i in range(50):  # a burst of copies into one folder
+        dirty.dispatch(FileCreatedEvent(f"{root}/rugs/new-{i}.jpg"))
+    dirty.dispatch(FileModifiedEvent(f"{root}/top.jpg"))
+    dirty.dispatch(DirMovedEvent(f"{root}/old", f"{root}/mats/new"))
+    dirty.dispatch(DirDeletedEvent(f"{root}/mats/new/sub"))
+    dirty.dispatch(FileCreatedEvent("/elsewhere/x.jpg"))  # outside the inventory: ignored
+    assert dirty.take(debounce=3600, max_delay=3600) is None  # not quiet yet: keep collecting
+    taken = dirty.take(debounce=0, max_delay=0)
+    assert taken == {
+        "rugs/": False,
+        "": False,
+        "old/": True,
+        "mats/new/": True,
+        "mats/": False,
+        "mats/new/sub/": True,
+    }
+    assert dirty.take(debounce=0, max_delay=0) is None  # taken once
+    assert normalized(taken) == {"": False, "mats/": False, "mats/new/": True, "old/": True, "rugs/": False}
