@@ -156,6 +156,19 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     envvar="IMGREC_DASK",
     help="Decode and embed on Dask: a scheduler address (tcp://host:8786) or local[:N] workers.",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    envvar="IMGREC_WATCH",
+    help="Keep running: apply API writes and folder changes as they come (SIGTERM/SIGINT stop it).",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    envvar="IMGREC_POLL",
+    help="With --watch: scan the folder every SECONDS instead of inotify events.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index(
     inventory: str,
@@ -164,6 +177,8 @@ def index(
     as_json: bool,
     dask_address: str | None,
     merge_factor: int,
+    watch: bool,
+    poll: float | None,
     **options: object,
 ) -> None:
     """Embed every image of an inventory folder into a FAISS + SQLite index (or update it).
@@ -177,6 +192,8 @@ def index(
         imgrec index --inventory shop/photos --model models/conv --index shop-index
 
         imgrec index ... --dask tcp://scheduler:8786 --index-type ivf
+
+        imgrec index ... --watch        # until stopped: API writes and folder changes, live
     """
     from contextlib import nullcontext
 
@@ -186,6 +203,12 @@ def index(
     opts = IndexOptions(
         **{k: v for k, v in options.items() if v is not None}, merge_policy=MergePolicy(factor=merge_factor)
     )
+    if watch:
+        with _dask_embedder(dask_address, model_dir) if dask_address else nullcontext() as embedder:
+            _watch(inventory, model_dir, index_dir, opts, poll, embedder)
+        return
+    if poll is not None:
+        raise click.UsageError("--poll goes with --watch")
     with common.file_bar() as (on_total, on_progress):
         try:
             with _dask_embedder(dask_address, model_dir) if dask_address else nullcontext() as embedder:
@@ -201,6 +224,30 @@ def index(
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         common.echo_summary(summary)
+
+
+def _watch(
+    inventory: str, model_dir: str, index_dir: str, opts: object, poll: float | None, embedder: object
+) -> None:
+    """Run the watcher until SIGTERM/SIGINT (the batch under way finishes; exit 0)."""
+    import logging
+    import signal
+    import threading
+
+    from indexer import StorageWriteError
+    from indexer.watch import watch
+
+    watch_log = logging.getLogger("indexer.watch")  # one line per batch, whatever -v says
+    watch_log.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        watch(inventory, model_dir, index_dir, opts, poll=poll, stop=stop, embedder=embedder)
+    except StorageWriteError as e:
+        raise common.StorageFailure(e) from e
+    except (*common.EXPECTED_ERRORS, OSError) as e:
+        raise click.ClickException(str(e)) from e
 
 
 @contextmanager

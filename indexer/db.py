@@ -9,6 +9,7 @@ Tables
     ledger               one row per file seen in the inventory: its last outcome and why
     folders              per folder, a digest of its files as last settled (a no-change shortcut)
     index_state          a single row pointing at the current generation (the commit point)
+    jobs                 writes accepted over HTTP (add, delete), queued until the indexer applies them
 """
 
 from __future__ import annotations
@@ -168,6 +169,30 @@ class Folder(Base):
     digest: Mapped[str] = mapped_column(String(32))  # plan.folder_digest of its files' names and stats
     live: Mapped[int] = mapped_column(Integer)  # its files that are live items
     skipped: Mapped[int] = mapped_column(Integer)  # its files skipped (and still so while unchanged)
+
+
+class Job(Base):
+    """A write accepted over HTTP (`search_api.writes`), applied by the indexer (`indexer.live`).
+
+    state: queued -> indexed (`item_id`, `generation_id`) | failed (`reason`). An `add` job's
+    image is already in the inventory at `path` (written and fsynced before the row commits).
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = {"sqlite_autoincrement": True}  # job ids (in URLs) are never reused
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # add | delete (| patch, with the products tables)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued | indexed | failed
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # what the client sent, besides the image
+    idempotency_key: Mapped[str | None] = mapped_column(String, unique=True)
+    content_sha256: Mapped[str | None] = mapped_column(String(64))  # of the uploaded image
+    path: Mapped[str | None] = mapped_column(String, index=True)  # add: the upload, inventory-relative
+    item_id: Mapped[int | None] = mapped_column(Integer, index=True)  # delete: its target; add: the result
+    generation_id: Mapped[int | None] = mapped_column(Integer)  # the generation that applied it
+    reason: Mapped[str | None] = mapped_column(Text)  # why it failed
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class IndexState(Base):

@@ -102,6 +102,8 @@ def run_index(
     embedder: Embedder | None = None,
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    live=None,  # noqa: ANN001 - indexer.live.LiveChanges: plan these folders only, delete these items
+    encoder=None,  # noqa: ANN001 - a loaded Encoder of this model, re-used (the watcher's)
 ) -> JobSummary:
     """Build or update the index in `index_dir` from the images under `inventory`.
 
@@ -135,7 +137,15 @@ def run_index(
         workers = opts.plan_workers or (
             min(MAX_PLAN_WORKERS, available_cores()) if live_count >= PARALLEL_PLAN_ITEMS else 1
         )
-        plan = plan_changes(engine, index_dir, inventory, opts.full, live_count, workers)
+        if live is not None and live.folders is not None:
+            plan = plan_live_changes(engine, index_dir, inventory, live)
+        else:
+            plan = plan_changes(engine, index_dir, inventory, opts.full, live_count, workers)
+        if live is not None and live.tombstones:
+            from indexer.live import add_tombstones
+
+            add_tombstones(plan, engine, inventory_root, live.tombstones)
+            plan.vanished = sorted({*plan.vanished, *(set(live.force) - set(plan.settle))})  # forgotten
         summary = JobSummary(unchanged=plan.unchanged, skipped=plan.still_skipped)
         summary.model_dir, summary.restored = summary_model_dir, restored
         if on_total:
@@ -150,7 +160,8 @@ def run_index(
         from encoder import load_encoder  # torch work only when something changed
         from indexer.ingest import embed_files
 
-        encoder = load_encoder(model_dir)
+        if encoder is None or encoder.fingerprint != fingerprint:
+            encoder = load_encoder(model_dir)
         copy_model_dir(model_dir, index_dir / MODELS_DIR / encoder.fingerprint)
         settings = BuildSettings(metric, index_type, opts.merge_policy.ann_min_items)
         rebuild = opts.full and cur is not None
@@ -245,6 +256,15 @@ def plan_changes(
         files.sort(key=lambda f: f.rel_path)
         plan = make_plan(files, ledger_joined_with_items(engine), full=full)
         plan.thorough, plan.settle = True, digests  # every folder compared: all settle afterwards
+    resolve_touches(plan, lambda ids: item_sha256(engine, ids))
+    return plan
+
+
+def plan_live_changes(engine: Engine, index_dir: Path, inventory: str | Path, live) -> Plan:  # noqa: ANN001
+    """The plan of the folders a live batch names (`indexer.live.plan_live`), touches resolved."""
+    from indexer.live import plan_live
+
+    plan = plan_live(inventory, index_dir / DATABASE_FILE, live.folders, live.force)
     resolve_touches(plan, lambda ids: item_sha256(engine, ids))
     return plan
 

@@ -74,6 +74,18 @@ def scan_folders(
     yield from _folders(root, root, "", os.path.basename(root), True, exts, lo, hi, root_files)
 
 
+def scan_folder(root: str | Path, prefix: str, recurse: bool) -> Iterator[tuple[str, list[ScannedFile]]]:
+    """The folder `prefix` ("a/b/", "" for the root) as `scan_folders` gives it: its own files,
+    and with `recurse` every subfolder. Nothing when it is not a folder (any more)."""
+    root = os.path.realpath(root)
+    folder = os.path.join(root, prefix) if prefix else root
+    if not os.path.isdir(folder) or os.path.islink(folder.rstrip("/")):
+        return
+    label = os.path.basename(folder.rstrip("/"))
+    exts = _any_case(image_extensions())
+    yield from _folders(root, folder.rstrip("/"), prefix, label, True, exts, recurse=recurse)
+
+
 def top_level_folders(root: str | Path) -> list[str]:
     """The sort keys ("name/") of the inventory's top-level folders, in scan order."""
     root = os.path.realpath(root)
@@ -152,8 +164,9 @@ def _folders(
     lo: str | None = None,
     hi: str | None = None,
     own_files: bool = True,
+    recurse: bool = True,
 ) -> Iterator[tuple[str, list[ScannedFile]]]:
-    """(prefix, own files) of `folder`, then of each subfolder (in [lo, hi) when given).
+    """(prefix, own files) of `folder`, then (with `recurse`) of each subfolder (in [lo, hi) when given).
 
     The loop below runs once per file of the inventory (a million times at 1M items): the usual
     file (ASCII name, image extension, regular file) takes the shortest path, inline.
@@ -204,6 +217,8 @@ def _folders(
             files.append(_scan_one(root, label, prefix + key, entry, valid and key == name, exts))
         files.sort(key=_KEY)
         yield prefix, files
+    if not recurse:
+        return
     subfolders.sort(key=_KEY)
     for key, entry in subfolders:
         name = entry.name

@@ -52,12 +52,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     metrics.init_app(app)
     engine.init_app(app)
 
-    from search_api import items, ops, pages, search
+    from search_api import items, ops, pages, search, writes
 
     app.register_blueprint(search.bp)
     app.register_blueprint(items.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(writes.bp)
     keep_slashes(app)
     return app
 

@@ -1,0 +1,209 @@
+"""A live batch: queued API writes and changed folders, applied as one generation publish.
+
+    result = apply_batch(inventory, model_dir, index_dir, dirty, full=False, options=..., encoder=...)
+
+A batch takes the queued jobs (`indexer.jobs`), adds the folders of their uploads and of the items
+to delete to the `dirty` folders reported by the watcher, plans only those folders (`plan_live`:
+each folder's own files merge-joined with its ledger rows, the settled-folder digests re-used, a
+vanished folder's ledger rows read by path range; no scan of the rest of the inventory), runs the
+ordinary index job on that plan (one publish), then settles each job from the catalog
+(`jobs.resolve_jobs`).
+
+Deleting an item over the API: an upload (under `_uploads/`) is unlinked, and the plan deletes its
+item as for any removed file. Any other inventory file is not the API's to remove: its ledger row
+becomes `skipped` with the reason "deleted over the API" and its stat, so later scans leave it out
+until the file itself changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from indexer import jobs as queue
+from indexer.db import DATABASE_FILE, Item
+from indexer.folders import ROW_COLUMNS, rows_in, stored_folders
+from indexer.plan import Plan, merge_into, plan_folders
+from indexer.plan_workers import join_plans
+from indexer.scan import ScannedFile, scan_folder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveChanges:
+    """What a batch plans instead of the whole inventory, and the items the API deletes."""
+
+    folders: dict[str, bool] | None  # folder prefix ("a/b/", "" = root) -> recursive; None: everything
+    tombstones: list[int] = field(default_factory=list)  # live items deleted over the API, file kept
+    force: set[str] = field(default_factory=set)  # folders compared file by file even if settled
+
+
+@dataclass
+class BatchResult:
+    jobs: int = 0  # jobs taken
+    states: dict[int, str] = field(default_factory=dict)  # job id -> indexed | failed (the settled)
+    summary: object = None  # indexer.job.JobSummary
+
+
+def folder_of(rel_path: str) -> str:
+    """'a/b/c.jpg' -> 'a/b/'; 'c.jpg' -> ''."""
+    cut = rel_path.rfind("/")
+    return rel_path[: cut + 1]
+
+
+def normalized(folders: dict[str, bool]) -> dict[str, bool]:
+    """Drop folders already covered by a recursive one (so no folder is planned twice)."""
+    recursive = sorted(p for p, r in folders.items() if r)
+    out = {}
+    for prefix, rec in sorted(folders.items()):
+        if any(prefix != r and prefix.startswith(r) for r in recursive):
+            continue
+        out[prefix] = rec
+    return out
+
+
+def _under(prefix: str) -> tuple[str, str | None]:
+    """[lo, hi) of every path beneath folder `prefix`."""
+    if not prefix:
+        return "", None
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def plan_live(
+    inventory: str | Path, catalog: Path, folders: dict[str, bool], force: Iterable[str] = ()
+) -> Plan:
+    """The plan of a few folders: each existing one's own files (and with `recursive` its
+    subfolders) against their ledger rows, settled unchanged folders skipped unless in `force`;
+    a folder gone from disk loses every ledger path beneath it."""
+    force = set(force)
+    db = sqlite3.connect(f"file:{Path(catalog).resolve()}?mode=ro", uri=True, timeout=30)
+    try:
+        parts = []
+        for prefix, recursive in normalized(folders).items():
+            lo, hi = _under(prefix)
+            stored = stored_folders(db, lo, hi) if recursive else stored_folders(db, prefix, prefix + "\0")
+            stored = {p: s for p, s in stored.items() if p not in force}
+            scanned = list(scan_folder(inventory, prefix, recursive))
+            if scanned:
+                parts.append(plan_folders(scanned, stored, lambda p: rows_in(db, p)))
+                continue
+            part = Plan(vanished=sorted(stored))  # gone: everything the ledger has beneath it
+            where = "path >= :lo" + ("" if hi is None else " AND path < :hi")
+            rows = db.execute(
+                f"SELECT {ROW_COLUMNS} FROM ledger WHERE {where} ORDER BY path", {"lo": lo, "hi": hi}
+            )
+            merge_into(part, [], rows, False)
+            parts.append(part.sort())
+        return join_plans(parts) if parts else Plan()
+    finally:
+        db.close()
+
+
+def add_tombstones(plan: Plan, engine: Engine, inventory_root: str, item_ids: list[int]) -> None:
+    """Delete these live items whose files stay: each becomes a skipped ledger row with its stat."""
+    if not item_ids:
+        return
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Item.id, Item.path, Item.label).where(
+                Item.id.in_(item_ids), Item.deleted_generation.is_(None)
+            )
+        ).all()
+    doomed = {r.path for r in rows}
+    plan.embed = [f for f in plan.embed if f.rel_path not in doomed]
+    plan.touch = [(f, i) for f, i in plan.touch if f.rel_path not in doomed]
+    plan.newly_skipped = [f for f in plan.newly_skipped if f.rel_path not in doomed]
+    for r in rows:
+        plan.live_at_path.pop(r.path, None)
+        if r.id not in plan.delete:
+            plan.delete.append(r.id)
+        path = os.path.join(inventory_root, r.path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # gone meanwhile: the deletion alone will do
+        plan.newly_skipped.append(
+            ScannedFile(r.path, path, r.label, st.st_size, st.st_mtime_ns, queue.DELETED_OVER_API)
+        )
+    plan.sort()
+
+
+def take_deletes(
+    engine: Engine, inventory_root: str, jobs: list[queue.JobRecord]
+) -> tuple[list[int], set[str]]:
+    """For the batch's delete jobs: unlink uploads (their folder is then planned), the rest become
+    tombstones. Returns (tombstone item ids, folders to compare)."""
+    ids = [j.item_id for j in jobs if j.kind == "delete" and j.item_id is not None]
+    if not ids:
+        return [], set()
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Item.id, Item.path).where(Item.id.in_(ids), Item.deleted_generation.is_(None))
+        ).all()
+    tombstones, folders = [], set()
+    for r in rows:
+        folders.add(folder_of(r.path))
+        if r.path.startswith(queue.UPLOADS + "/"):
+            try:
+                os.unlink(os.path.join(inventory_root, r.path))
+                continue
+            except FileNotFoundError:
+                continue
+            except OSError as e:  # e.g. a read-only inventory: keep the file, drop the item
+                logger.warning("cannot remove upload %s (%s): deleting its item only", r.path, e)
+        tombstones.append(r.id)
+    return tombstones, folders
+
+
+def apply_batch(
+    inventory: str | Path,
+    model_dir: str | Path,
+    index_dir: str | Path,
+    dirty: dict[str, bool] | None,
+    *,
+    options=None,  # noqa: ANN001 - indexer.job.IndexOptions
+    encoder=None,  # noqa: ANN001 - an Encoder to re-use across batches
+    engine: Engine | None = None,
+    embedder=None,  # noqa: ANN001 - as for run_index
+) -> BatchResult:
+    """One batch: queued jobs + `dirty` folders (None: the whole inventory) -> one publish."""
+    from indexer.db import open_database
+    from indexer.job import run_index
+
+    index_dir = Path(index_dir)
+    own = engine is None
+    engine = engine or open_database(index_dir)
+    try:
+        root = str(Path(inventory).resolve())
+        jobs = queue.queued_jobs(engine)
+        tombstones, force = take_deletes(engine, root, jobs)
+        folders = None
+        if dirty is not None:
+            folders = dict(dirty)
+            for j in jobs:
+                if j.kind == "add" and j.path:
+                    folders.setdefault(folder_of(j.path), False)
+            for prefix in force:
+                folders.setdefault(prefix, False)
+        changes = LiveChanges(folders, tombstones, force)
+        summary = run_index(
+            inventory, model_dir, index_dir, options, live=changes, encoder=encoder, embedder=embedder
+        )
+        states = queue.resolve_jobs(engine, jobs, root) if jobs else {}
+        return BatchResult(len(jobs), states, summary)
+    finally:
+        if own:
+            engine.dispose()
+
+
+def catalog_path(index_dir: str | Path) -> Path:
+    return Path(index_dir) / DATABASE_FILE

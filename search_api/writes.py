@@ -1,0 +1,249 @@
+"""Writes over HTTP: add an item (an image upload), delete one, and follow the job.
+
+    POST   /v1/items         multipart `image` (+ product_id, label, title, url, price, attributes)
+    DELETE /v1/items/{id}
+    GET    /v1/jobs/{id}     queued | indexed (item id, generation) | failed (reason)
+
+Both writes answer 202 with a job and its `Location`; the indexer (`imgrec index --watch`) applies
+queued jobs in batches (`indexer.jobs`, `indexer.live`). An upload is decoded here with the
+indexer's limits (a corrupt, huge or non-image upload is a 4xx and nothing is queued), then saved
+under the inventory's `_uploads/` folder (content-addressed; fsynced) before its job row commits.
+An `Idempotency-Key` header, or the same image bytes for the same product and label, answers the
+existing job instead of making a second item.
+
+None of these endpoints is marked as a read: the access layer asks for a write key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from apiflask import APIBlueprint, Schema, abort
+from apiflask.fields import File, Integer, Nested, String
+from flask import current_app, request, url_for
+from marshmallow import INCLUDE
+from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from encoder.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, load_image
+from indexer import jobs as queue
+from indexer.db import DATABASE_FILE, Generation, IndexState, database_url, make_engine
+from search_api.engine import get_engine
+
+bp = APIBlueprint("writes", __name__, tag="Writes")
+
+MAX_KEY_CHARS = 200
+MAX_FIELD_CHARS = 2000
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+KNOWN_FIELDS = ("product_id", "label", "title", "url", "price", "attributes")
+WRITE_ERRORS = {
+    400: "No image, an empty one, a bad field or Idempotency-Key.",
+    409: "The Idempotency-Key was used for another request.",
+    413: "Request body over the configured limit.",
+    415: "Not a decodable image of a kind the indexer reads.",
+    422: "Decompression bomb, or more pixels / JPEG scans than the indexer accepts.",
+    503: "No index with a job queue yet (run the indexer once).",
+}
+
+
+class JobUpload(Schema):
+    class Meta:
+        unknown = INCLUDE  # other form fields are kept as attributes
+
+    image = File(
+        required=True, metadata={"description": "The item's image (JPEG, PNG, WebP, GIF, BMP, TIFF)."}
+    )
+    product_id = String(metadata={"description": "Your product id (same image + product: one item)."})
+    label = String(metadata={"description": "The item's label (default `uploads`)."})
+    title = String()
+    url = String()
+    price = String(metadata={"description": "A number."})
+    attributes = String(metadata={"description": "A JSON object; other form fields are attributes too."})
+
+
+class JobInfo(Schema):
+    id = Integer(required=True)
+    kind = String(required=True, metadata={"description": "add | delete"})
+    state = String(required=True, metadata={"description": "queued | indexed | failed"})
+    url = String(required=True)
+    item_id = Integer(allow_none=True, metadata={"description": "The item added or deleted."})
+    generation = Integer(allow_none=True, metadata={"description": "The generation that applied it."})
+    reason = String(allow_none=True, metadata={"description": "Why it failed."})
+
+
+class JobAnswer(Schema):
+    job = Nested(JobInfo, required=True)
+
+
+def queue_engine() -> Engine:
+    """The catalog the jobs live in (one engine per app, no pooled connections)."""
+    engines = current_app.extensions.setdefault("imgrec_queue", {})
+    index_dir = get_engine().index_dir
+    if "engine" not in engines:
+        if not (index_dir / DATABASE_FILE).exists():
+            abort(503, "no index yet: run the indexer first")
+        engines["engine"] = make_engine(database_url(index_dir), poolclass=NullPool)
+    engine = engines["engine"]
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'jobs'")).first() is None:
+            abort(503, "the index has no job queue yet: run the indexer once (it upgrades the catalog)")
+    return engine
+
+
+def inventory_root(engine: Engine) -> Path:
+    """IMGREC_INVENTORY, or the inventory the current generation was built from."""
+    configured = current_app.config.get("INVENTORY")
+    if configured:
+        return Path(configured)
+    with engine.connect() as conn:
+        root = conn.execute(
+            select(Generation.inventory_root).join(
+                IndexState, IndexState.current_generation_id == Generation.id
+            )
+        ).scalar()
+    if not root:
+        abort(503, "no generation published yet: the inventory folder is not known")
+    return Path(root)
+
+
+def job_body(job: queue.JobRecord) -> dict:
+    body = {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "url": url_for("writes.get_job", job_id=job.id),
+        "item_id": job.item_id,
+        "generation": job.generation_id,
+        "reason": job.reason,
+    }
+    return {"job": body}
+
+
+def accepted(job: queue.JobRecord) -> tuple[dict, int, dict]:
+    body = job_body(job)
+    return body, 202, {"Location": body["job"]["url"]}
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY_CHARS:
+        abort(400, f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
+    return key
+
+
+def validate_upload(data: bytes) -> tuple[str, int, int]:
+    """Decode as the indexer will (same pixel and scan limits): (file extension, width, height).
+
+    :raise ImageDecodeError: 415; :raise ImageTooLargeError: 422 (through the error handlers).
+    """
+    img = load_image(data, draft_size=256, max_pixels=DEFAULT_MAX_PIXELS, max_scans=DEFAULT_MAX_SCANS)
+    fmt = _format_of(data)
+    ext = EXTENSIONS.get(fmt or "")
+    if ext is None:
+        abort(
+            415, f"images of type {fmt or 'unknown'} are not indexed; send JPEG, PNG, WebP, GIF, BMP or TIFF"
+        )
+    width, height = img.info["original_size"]
+    return ext, width, height
+
+
+def _format_of(data: bytes) -> str | None:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.format
+
+
+def payload_fields() -> dict:
+    """The form fields besides the image: known ones checked, any other kept as an attribute."""
+    form = request.form
+    for name, value in form.items():
+        if len(value) > MAX_FIELD_CHARS:
+            abort(400, f"field {name!r} is over {MAX_FIELD_CHARS} characters")
+    payload: dict = {k: form[k] for k in ("product_id", "title", "url") if form.get(k)}
+    payload["label"] = form.get("label") or queue.DEFAULT_LABEL
+    if form.get("price"):
+        try:
+            payload["price"] = float(form["price"])
+        except ValueError:
+            abort(400, f"price must be a number, got {form['price']!r}")
+    attributes = {k: v for k, v in form.items() if k not in KNOWN_FIELDS}
+    if form.get("attributes"):
+        try:
+            given = json.loads(form["attributes"])
+        except ValueError:
+            given = None
+        if not isinstance(given, dict):
+            abort(400, "attributes must be a JSON object")
+        attributes.update(given)
+    if attributes:
+        payload["attributes"] = attributes
+    return payload
+
+
+@bp.post("/v1/items")
+@bp.input(JobUpload, location="files", arg_name="upload", validation=False)
+@bp.output(JobAnswer, status_code=202)
+@bp.doc(responses=WRITE_ERRORS)
+def add_item(upload: object):
+    """Add an item: the image is checked, stored in the inventory and queued for the indexer."""
+    if request.mimetype != "multipart/form-data":
+        abort(415, "send multipart/form-data with an `image` field (and optional product fields)")
+    f = request.files.get("image")
+    if f is None:
+        abort(400, "no image: send multipart/form-data with an `image` field")
+    data = f.read()
+    if not data:
+        abort(400, "the image is empty")
+    key = idempotency_key()
+    payload = payload_fields()
+    ext, width, height = validate_upload(data)
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        path = queue.upload_path(sha, ext, payload["label"], payload.get("product_id"))
+    except ValueError as e:
+        abort(400, str(e))
+    payload.update(width=width, height=height, bytes=len(data))
+    engine = queue_engine()
+    try:
+        job = queue.existing_add(engine, path, key, sha)
+        if job is None:
+            queue.save_upload(inventory_root(engine), path, data)  # durable before the job row
+            job, _ = queue.enqueue_add(engine, path=path, sha256=sha, payload=payload, key=key)
+    except queue.IdempotencyConflict as e:
+        abort(409, str(e))
+    return accepted(job)
+
+
+@bp.delete("/v1/items/<int:item_id>")
+@bp.output(JobAnswer, status_code=202)
+@bp.doc(responses={404: "No such live item.", 409: WRITE_ERRORS[409], 503: WRITE_ERRORS[503]})
+def delete_item(item_id: int):
+    """Delete an item: queued for the indexer; once indexed, no search returns it."""
+    key = idempotency_key()
+    engine = queue_engine()
+    try:
+        found = queue.enqueue_delete(engine, item_id, key) if item_id < 2**63 else None
+    except queue.IdempotencyConflict as e:
+        abort(409, str(e))
+    if found is None:
+        abort(404, f"no live item {item_id}")
+    return accepted(found[0])
+
+
+@bp.get("/v1/jobs/<int:job_id>")
+@bp.output(JobAnswer)
+@bp.doc(responses={404: "No such job.", 503: WRITE_ERRORS[503]})
+def get_job(job_id: int):
+    """A write job: queued, indexed (with its item and generation) or failed (with the reason)."""
+    job = queue.get_job(queue_engine(), job_id) if job_id < 2**63 else None
+    if job is None:
+        abort(404, f"no job {job_id}")
+    return job_body(job)
