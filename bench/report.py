@@ -257,6 +257,35 @@ def _cli_startup(r: dict) -> str:
     )
 
 
+@renderer("live_latency")
+def _live_latency(r: dict) -> str:
+    def row(what: str, q: dict) -> dict:
+        return {"what": what, "n": q["n"], "p50": q["p50"], "p95": q["p95"], "max": q["max"]}
+
+    burst = r["burst"]
+    rows = [
+        row("POST /v1/items answered 202", r["post_seconds"]),
+        row("202 -> job `indexed`", r["accepted_to_indexed_seconds"]),
+        row("202 -> found by a search", r["accepted_to_found_seconds"]),
+        row(f"POST during a {burst['files']:,}-file burst", burst["post_seconds"]),
+    ]
+    cols = [
+        ("what", "seconds", ""),
+        ("n", "n", "d"),
+        ("p50", "p50", ".2f"),
+        ("p95", "p95", ".2f"),
+        ("max", "max", ".2f"),
+    ]
+    found = r["accepted_to_found_seconds"]["p50"]
+    return (
+        md_table(rows, cols)
+        + f"\n{r['model']}, {r['inventory']}; {r['search_clients']} clients searching meanwhile "
+        f"({r['searches_per_second']:.0f} searches/s, {r['search_errors']} errors). A {burst['files']:,}-file "
+        f"copy was searchable after {burst['seconds_until_the_burst_was_searchable']:.1f} s. "
+        f"Target: 202 -> found p50 < 5 s: {'met' if found < 5 else '**missed**'}.\n" + measured(r)
+    )
+
+
 @renderer("hostile_decode")
 def _hostile_decode(r: dict) -> str:
     h, lim = r["hostile"], r["at_limit"]
