@@ -286,3 +286,7 @@ from imgrec.commands.quality import duplicates, eval_command, info  # noqa: E402
 cli.add_command(eval_command)
 cli.add_command(duplicates)
 cli.add_command(info)
+
+from imgrec.commands.keys import keys  # noqa: E402
+
+cli.add_command(keys)
