@@ -95,6 +95,7 @@ def test_writes_need_a_write_key_unless_marked_as_reads(open_app):
     assert required_scope(open_app, "search.search", "POST") == "read"
     assert required_scope(open_app, "ops.healthz", "GET") == "public"
     assert required_scope(open_app, "ops.readyz", "GET") == "public"
+    assert required_scope(open_app, "pages.index", "GET") == "public"
     assert required_scope(open_app, "ops.metrics", "GET") == "read"
     assert required_scope(open_app, "items.get_item", "GET") == "read"
 
@@ -151,7 +152,9 @@ def test_a_new_unmarked_post_needs_a_write_key(make_app, serve, keys):
     url = f"{base}/v1/test-only-write"
     assert requests.post(url, timeout=30).status_code == 401
     r = requests.post(url, headers=auth(keys.read), timeout=30)
-    assert r.status_code == 403 and 'error="insufficient_scope", scope="write"' in r.headers["WWW-Authenticate"]
+    assert (
+        r.status_code == 403 and 'error="insufficient_scope", scope="write"' in r.headers["WWW-Authenticate"]
+    )
     assert requests.post(url, headers=auth(keys.write), timeout=30).json() == {"done": True}
     assert requests.post(url, headers=auth(keys.revoked), timeout=30).status_code == 401
 
@@ -232,7 +235,9 @@ def test_cors_for_listed_origins_only(make_app, serve, keys):
     assert r.headers["Access-Control-Allow-Origin"] == "https://admin.shop.example"
     assert "authorization" in r.headers["Access-Control-Allow-Headers"].lower()
     assert "POST" in r.headers["Access-Control-Allow-Methods"]
-    r = requests.options(f"{base}/v1/search", headers={**preflight, "Origin": "https://evil.example"}, timeout=30)
+    r = requests.options(
+        f"{base}/v1/search", headers={**preflight, "Origin": "https://evil.example"}, timeout=30
+    )
     assert "Access-Control-Allow-Origin" not in r.headers
     # a refusal carries the header too, so the page can read why
     r = requests.get(url, headers={"Origin": "https://shop.example"}, timeout=30)

@@ -8,6 +8,54 @@ const $ = (id) => document.getElementById(id);
 const fileInput = $("file");
 const drop = $("drop");
 
+// Read keys only: when the server needs a key for reads, the person pastes a read key; it is kept in
+// sessionStorage (this tab, until it closes) and sent to this server only. A write key is refused.
+const readKeyRequired = main.dataset.readKeyRequired === "true";
+const KEY_STORE = "imgrec.readKey";
+let readKey = readKeyRequired ? sessionStorage.getItem(KEY_STORE) : null;
+
+function askForKey(message) {
+  readKey = null;
+  sessionStorage.removeItem(KEY_STORE);
+  $("key-form").hidden = false;
+  showError(message);
+}
+
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const key = $("key").value.trim();
+  $("key").value = "";
+  if (key.startsWith("imgrec_w_")) {
+    askForKey("That is a write key: never paste a write key into a web page. Ask for a read key (imgrec_r_…).");
+    return;
+  }
+  if (!key.startsWith("imgrec_r_")) {
+    askForKey("That is not a read key: read keys start with imgrec_r_.");
+    return;
+  }
+  readKey = key;
+  sessionStorage.setItem(KEY_STORE, key);
+  $("key-form").hidden = true;
+  showError("");
+  if (readKeyRequired && !readKey) {
+  askForKey("This server needs a read key for searches: paste one above.");
+} else {
+  loadLabels();
+}
+});
+
+function withKey(options) {
+  if (!readKey) return options || {};
+  return { ...options, headers: { ...(options && options.headers), Authorization: `Bearer ${readKey}` } };
+}
+
+// <img src> cannot send a key: with one, images are fetched with it and shown from blob: URLs.
+async function setImage(img, url) {
+  if (!readKey || url.startsWith("blob:")) { img.src = url; return; }
+  const response = await fetch(url, withKey());
+  if (response.ok) img.src = URL.createObjectURL(await response.blob());
+}
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -23,12 +71,17 @@ function formatScore(score, kind) {
 }
 
 async function callApi(url, options) {
-  const response = await fetch(url, options);
+  const response = await fetch(url, withKey(options));
   let body = null;
   try {
     body = await response.json();
   } catch (e) {
     body = null;
+  }
+  if (response.status === 401 && readKeyRequired) {
+    askForKey(`This server needs a read key for searches${readKey ? "; the key given was refused" : ""}: ` +
+      (body && body.message ? body.message : "401"));
+    throw new Error("a read key is needed");
   }
   if (!response.ok) {
     throw new Error(body && body.message ? body.message : `the server answered ${response.status}`);
@@ -44,7 +97,7 @@ function query() {
 
 function showQuery(title, src, meta) {
   $("query-title").textContent = title;
-  $("query-image").src = src;
+  setImage($("query-image"), src);
   $("query-meta").textContent = meta;
   $("query").hidden = false;
 }
@@ -60,7 +113,7 @@ function showResults(answer, title) {
     button.type = "button";
     button.title = `More like item ${hit.id}`;
     const img = document.createElement("img");
-    img.src = hit.thumbnail_url;
+    setImage(img, hit.thumbnail_url);
     img.alt = `${hit.label} (item ${hit.id})`;
     img.loading = "lazy";
     const caption = document.createElement("span");
@@ -98,6 +151,7 @@ async function searchFile(file) {
       `(decode ${t.decode_ms.toFixed(1)}, embed ${t.embed_ms.toFixed(1)}, search ${t.search_ms.toFixed(1)} ms)`);
   } catch (e) {
     setStatus("");
+    if (!$("key-form").hidden) return;  // the key form says what is needed
     showError(`Could not search with ${file.name}: ${e.message}`);
   }
 }
@@ -112,6 +166,7 @@ async function moreLike(hit) {
     setStatus(`${answer.results.length} results in ${answer.timings.total_ms.toFixed(0)} ms`);
   } catch (e) {
     setStatus("");
+    if (!$("key-form").hidden) return;
     showError(`Could not find items like ${hit.id}: ${e.message}`);
   }
 }
@@ -127,6 +182,7 @@ async function loadLabels() {
       select.append(option);
     }
   } catch (e) {
+    if (!$("key-form").hidden) return;
     showError(`The index is not ready: ${e.message}`);
   }
 }
@@ -145,4 +201,8 @@ drop.addEventListener("drop", (e) => {
 drop.addEventListener("keydown", (e) => {
   if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fileInput.click(); }
 });
-loadLabels();
+if (readKeyRequired && !readKey) {
+  askForKey("This server needs a read key for searches: paste one above.");
+} else {
+  loadLabels();
+}
