@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
-from apiflask import APIFlask
+from apiflask import APIFlask, HTTPError
 from flask import current_app, request
-from flask_limiter import Limiter
+from flask_limiter import Limiter, RateLimitExceeded
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from search_api.auth import current_key, required_scope
@@ -56,3 +56,11 @@ def init_app(app: APIFlask) -> None:
     )
     limiter.request_filter(not_limited)
     app.extensions["imgrec.limiter"] = limiter
+
+    @app.errorhandler(RateLimitExceeded)
+    def too_many(e: RateLimitExceeded):  # noqa: ANN202 - the app's JSON error; Retry-After added after
+        key = current_key()
+        who = f"the API key {key.name!r}" if key else f"requests without a key from {request.remote_addr}"
+        return app.error_callback(
+            HTTPError(429, f"rate limit of {e.description} reached for {who}; retry after Retry-After seconds")
+        )
