@@ -36,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from indexer.durable import fsync_path
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -257,14 +259,6 @@ def _create_catalog(path: Path) -> None:
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f"{DATABASE_FILE}.tmp-{os.getpid()}")
     upgrade(f"sqlite:///{tmp}")
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)

@@ -13,6 +13,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from indexer.durable import fsync_path as fsync_dir  # tests kill at indexer.faiss_index:fsync_dir
+
 METRICS = ("l2", "cosine")
 INDEX_TYPES = ("flat", "ivf", "hnsw")  # flat is exact; ivf and hnsw are built by indexer/ann.py
 BLAS_MIN_QUERIES = 4  # from this many queries per call, exhaustive search uses a BLAS matrix product
@@ -150,14 +152,6 @@ def write_index_atomic(index: faiss.Index, path: str | Path) -> tuple[int, str]:
         tmp.unlink(missing_ok=True)
         raise
     return size, h.hexdigest()
-
-
-def fsync_dir(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_index(path: str | Path, mmap: bool = False) -> faiss.Index:
