@@ -1,7 +1,8 @@
 """Access control: which scope each endpoint needs, and the `Authorization: Bearer KEY` check.
 
 Secure by default: every endpoint whose method is not GET/HEAD/OPTIONS needs a write key unless
-its view is marked a read (`@auth.reads`, e.g. POST /v1/search); GET/HEAD endpoints are reads.
+its view is marked a read (`@auth.reads`, e.g. POST /v1/search); GET/HEAD endpoints are reads
+unless marked `@auth.writes`.
 Reads need a read (or write) key when REQUIRE_READ_KEY is set, and are open otherwise. Public
 (`@auth.public`, or in PUBLIC_ENDPOINTS): health checks, the page and its files, the API docs.
 
@@ -43,6 +44,11 @@ def _mark(view: Callable, scope: Scope) -> Callable:
 def reads(view: Callable) -> Callable:
     """Mark a view that changes nothing (e.g. a POST search) as a read. Place it right under the route."""
     return _mark(view, "read")
+
+
+def writes(view: Callable) -> Callable:
+    """Mark a GET view that needs the write scope (e.g. the status of a write job)."""
+    return _mark(view, "write")
 
 
 def public(view: Callable) -> Callable:

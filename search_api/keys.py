@@ -65,10 +65,20 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
+def _catalog(index_dir: str | Path) -> Engine:
+    """The index's catalog, upgraded to the current schema (api_keys included).
+
+    :raise KeyAdminError: the folder holds no catalog (never create one here: a typo would make an index).
+    """
+    if not (Path(index_dir) / DATABASE_FILE).is_file():
+        raise KeyAdminError(f"{index_dir} is not an index (no {DATABASE_FILE}); run `imgrec index` first")
+    return open_database(index_dir)
+
+
 def create_key(index_dir: str | Path, name: str, scope: str) -> str:
     """Make a key, store its hash, return the key (the only time it exists in full).
 
-    :raise KeyAdminError: a bad name or scope, or the name is taken.
+    :raise KeyAdminError: a bad name or scope, the name is taken, or no index there.
     """
     if not NAME_PATTERN.match(name):
         raise KeyAdminError(
@@ -77,7 +87,7 @@ def create_key(index_dir: str | Path, name: str, scope: str) -> str:
     if scope not in SCOPES:
         raise KeyAdminError(f"bad scope {scope!r}: one of {', '.join(SCOPES)}")
     key_id, secret = secrets.token_hex(6), secrets.token_hex(32)
-    engine = open_database(index_dir)
+    engine = _catalog(index_dir)
     try:
         with Session(engine) as session:
             session.add(ApiKey(name=name, key_id=key_id, secret_sha256=_hash(secret), scope=scope))
@@ -90,8 +100,11 @@ def create_key(index_dir: str | Path, name: str, scope: str) -> str:
 
 
 def list_keys(index_dir: str | Path) -> list[dict]:
-    """Every key (revoked ones too), oldest first: name, scope, key id, created, last used, revoked."""
-    engine = open_database(index_dir)
+    """Every key (revoked ones too), oldest first: name, scope, key id, created, last used, revoked.
+
+    :raise KeyAdminError: no index there.
+    """
+    engine = _catalog(index_dir)
     try:
         with Session(engine) as session:
             rows = session.scalars(select(ApiKey).order_by(ApiKey.id)).all()
@@ -113,9 +126,9 @@ def list_keys(index_dir: str | Path) -> list[dict]:
 def revoke_key(index_dir: str | Path, name: str) -> bool:
     """Revoke the key named `name`; False when it was revoked already.
 
-    :raise KeyAdminError: no key has that name.
+    :raise KeyAdminError: no key has that name, or no index there.
     """
-    engine = open_database(index_dir)
+    engine = _catalog(index_dir)
     try:
         with Session(engine) as session:
             key = session.scalars(select(ApiKey).where(ApiKey.name == name)).one_or_none()

@@ -147,8 +147,17 @@ def test_refusals_say_why(serve, closed_app, keys):
 def test_a_new_unmarked_post_needs_a_write_key(make_app, serve, keys):
     """The default the write API relies on: a POST route without any auth code is a write."""
     app = make_app(INDEX=str(keys.index), RELOAD_INTERVAL=0, KEY_CACHE_SECONDS=0)
+    from search_api import auth as access
+
     app.add_url_rule("/v1/test-only-write", "test_only_write", lambda: {"done": True}, methods=["POST"])
+    app.add_url_rule("/v1/test-only-job", "test_only_job", access.writes(lambda: {"job": 1}), methods=["GET"])
     base = serve(app)
+    job = f"{base}/v1/test-only-job"  # a GET marked @auth.writes: a write key, as for the write itself
+    assert [requests.get(job, headers=auth(k), timeout=30).status_code for k in (None, keys.read)] == [
+        401,
+        403,
+    ]
+    assert requests.get(job, headers=auth(keys.write), timeout=30).json() == {"job": 1}
     url = f"{base}/v1/test-only-write"
     assert requests.post(url, timeout=30).status_code == 401
     r = requests.post(url, headers=auth(keys.read), timeout=30)
@@ -279,6 +288,9 @@ def test_keys_create_list_revoke(keys, tmp_path):
     assert runner.invoke(cli, ["keys", "revoke", "kiosk", "--index", str(index)]).exit_code == 0
     twice = runner.invoke(cli, ["keys", "revoke", "kiosk", "--index", str(index)])
     assert twice.exit_code == 0 and "already" in twice.output
+    not_an_index = runner.invoke(cli, ["keys", "list", "--index", str(tmp_path)])
+    assert not_an_index.exit_code == 1 and "not an index" in not_an_index.output
+    assert not (tmp_path / "catalog.sqlite").exists()
     missing = runner.invoke(cli, ["keys", "revoke", "nobody", "--index", str(index)])
     assert missing.exit_code == 1 and "no key named" in missing.output
     listed = runner.invoke(cli, ["keys", "list", "--index", str(index), "--json"])

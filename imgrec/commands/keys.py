@@ -57,9 +57,12 @@ def list_command(index_dir: str, as_json: bool) -> None:
 
         imgrec keys list --index shop-index
     """
-    from search_api.keys import list_keys, utc_text
+    from search_api.keys import KeyAdminError, list_keys, utc_text
 
-    rows = list_keys(index_dir)
+    try:
+        rows = list_keys(index_dir)
+    except KeyAdminError as e:
+        raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
