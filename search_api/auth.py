@@ -32,7 +32,9 @@ from search_api.keys import InvalidKeyError, KeyInfo, KeyStore
 Scope = Literal["public", "read", "write"]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Endpoints of other packages (static files, the OpenAPI document and its UI): no data in them.
-PUBLIC_ENDPOINTS = frozenset({"static", "openapi.spec", "openapi.docs", "apidocs.static"})
+PUBLIC_ENDPOINTS = frozenset(
+    {"static", "openapi.spec", "openapi.docs", "openapi.swagger_ui_oauth_redirect", "apidocs.static"}
+)
 REALM = 'Bearer realm="imgrec"'
 
 
