@@ -339,3 +339,7 @@ cli.add_command(info)
 from imgrec.commands.integrity import verify  # noqa: E402
 
 cli.add_command(verify)
+
+from imgrec.commands.keys import keys  # noqa: E402
+
+cli.add_command(keys)

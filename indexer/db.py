@@ -10,6 +10,7 @@ Tables
     folders              per folder, a digest of its files as last settled (a no-change shortcut)
     index_state          a single row pointing at the current generation (the commit point)
     jobs                 writes accepted over HTTP (add, delete), queued until the indexer applies them
+    api_keys             the search API's keys: a hash of each secret, its scope, revocation
 """
 
 from __future__ import annotations
@@ -203,6 +204,21 @@ class IndexState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     current_generation_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id"))
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """A key of the search API (`search_api.keys`): only a hash of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)  # the key's public part, for the lookup
+    secret_sha256: Mapped[str] = mapped_column(String(64))  # of the key's secret part
+    scope: Mapped[str] = mapped_column(String(16))  # read | write
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column()  # coarse (see search_api.auth)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column()
 
 
 DATABASE_FILE = "catalog.sqlite"

@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from indexer.db import Item, Job, LedgerEntry, utcnow
+from indexer.durable import fsync_path
 
 UPLOADS = "_uploads"  # the managed folder of the inventory that API uploads go to
 DEFAULT_LABEL = "uploads"
@@ -101,15 +102,7 @@ def save_upload(inventory: str | Path, rel_path: str, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     for d in [target.parent, *[c.parent for c in created]]:
-        _fsync_dir(d)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(d)
 
 
 def get_job(engine: Engine, job_id: int) -> JobRecord | None:

@@ -32,6 +32,15 @@ DEFAULTS: dict[str, Any] = {
     "THUMBNAIL_SIZE": 128,  # px, longest side
     "NOVELTY": True,  # report the query's novelty percentile when the model offers it
     "COMPUTE_THREADS": 1,  # torch/FAISS threads per process (0: library defaults); scale with workers
+    # access control (docs/api.md, "Access control"): search_api.auth, ratelimit, cors
+    "REQUIRE_READ_KEY": False,  # reads need a read (or write) key too; writes always need a write key
+    "KEY_CACHE_SECONDS": 2.0,  # keys are re-read this often: a revoke takes effect within it
+    "RATE_LIMIT_ENABLED": True,
+    "RATE_LIMIT_KEY": "1200/minute",  # per API key (`limits` notation; "" for none)
+    "RATE_LIMIT_ANONYMOUS": "300/minute",  # per client address, requests without a key
+    "RATE_LIMIT_STORAGE": "memory://",  # per process; redis://... to count across gunicorn workers
+    "PROXY_HOPS": 0,  # reverse proxies in front that set X-Forwarded-For (compose: 1)
+    "CORS_ORIGINS": "",  # origins allowed to call the API from a browser (comma-separated); none by default
 }
 
 
@@ -44,12 +53,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     if test_config is not None:
         app.config.from_mapping(test_config)
 
-    from search_api import apidocs, engine, errors, limits, metrics
+    from search_api import apidocs, auth, cors, engine, errors, limits, metrics, ratelimit
 
     errors.init_app(app)
     limits.init_app(app)
     apidocs.init_app(app)
     metrics.init_app(app)
+    auth.init_app(app)
+    ratelimit.init_app(app)  # after auth: limits count per key
+    cors.init_app(app)
     engine.init_app(app)
 
     from search_api import items, ops, pages, search, writes

@@ -33,6 +33,9 @@ limit_request_line = 8190
 limit_request_fields = 200
 limit_request_field_size = 8190
 accesslog = "-"
+# gunicorn's default format minus %(u)s, the user of an `Authorization: Basic` header: a client that
+# sent its API key that way would have it logged. No header is logged, and keys never go in URLs.
+access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(L)ss'
 
 os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("IMGREC_COMPUTE_THREADS", "1"))
 

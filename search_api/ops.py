@@ -9,7 +9,7 @@ from apiflask.schemas import FileSchema
 from flask import Response, current_app
 
 from encoder.config import ModelConfig
-from search_api import answers
+from search_api import answers, auth
 from search_api.engine import get_engine
 from search_api.schemas import Health, Ready, Stats
 
@@ -17,6 +17,7 @@ bp = APIBlueprint("ops", __name__, tag="Operations")
 
 
 @bp.get("/healthz")
+@auth.public  # load balancers and orchestrators check without a key
 @bp.output(Health)
 def healthz() -> dict:
     """The process is alive (says nothing about the index)."""
@@ -24,6 +25,7 @@ def healthz() -> dict:
 
 
 @bp.get("/readyz")
+@auth.public
 @bp.output(Ready)
 @bp.doc(responses={503: "No consistent index loaded yet."})
 def readyz() -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from apiflask import APIBlueprint
 from flask import current_app, render_template
 
+from search_api import auth
 from search_api.items import THUMBNAIL_MAX_SIZE
 
 bp = APIBlueprint("pages", __name__, enable_openapi=False)
@@ -13,6 +14,7 @@ PAGE_DEFAULT_K = 12  # results the page asks for unless the URL says otherwise (
 
 
 @bp.get("/")
+@auth.public  # the page holds no data; its API calls carry the key
 def index() -> str:
     """Search by image: choose or drop a picture, see look-alikes, click for more like one."""
     cfg = current_app.config
@@ -22,4 +24,5 @@ def index() -> str:
         max_k=int(cfg["MAX_K"]),
         thumbnail_size=int(cfg["THUMBNAIL_SIZE"]),
         thumbnail_max_size=THUMBNAIL_MAX_SIZE,
+        read_key_required=bool(cfg["REQUIRE_READ_KEY"]),
     )

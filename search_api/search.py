@@ -10,7 +10,7 @@ from flask import current_app, request
 
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError, load_image
 from indexer import Snapshot
-from search_api import answers
+from search_api import answers, auth
 from search_api.engine import Answer, get_engine
 from search_api.errors import error_slug
 from search_api.schemas import BatchAnswer, BatchUpload, ImageUpload, SearchAnswer, SearchArgs
@@ -28,6 +28,7 @@ UPLOAD_ERRORS = {
 
 
 @bp.post("")
+@auth.reads
 @bp.input(SearchArgs, location="query", arg_name="args")
 @bp.input(ImageUpload, location="files", arg_name="upload", validation=False)
 @bp.output(SearchAnswer)
@@ -49,6 +50,7 @@ def search(args: dict, upload: object) -> dict:
 
 
 @bp.post("/batch")
+@auth.reads
 @bp.input(SearchArgs, location="query", arg_name="args")
 @bp.input(BatchUpload, location="files", arg_name="upload", validation=False)
 @bp.output(BatchAnswer)

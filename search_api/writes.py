@@ -31,6 +31,7 @@ from sqlalchemy.pool import NullPool
 from encoder.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, load_image
 from indexer import jobs as queue
 from indexer.db import DATABASE_FILE, Generation, IndexState, database_url, make_engine
+from search_api import auth
 from search_api.engine import get_engine
 
 bp = APIBlueprint("writes", __name__, tag="Writes")
@@ -239,6 +240,7 @@ def delete_item(item_id: int):
 
 
 @bp.get("/v1/jobs/<int:job_id>")
+@auth.writes  # a write's outcome is the writer's: job ids are sequential, so reads would enumerate them
 @bp.output(JobAnswer)
 @bp.doc(responses={404: "No such job.", 503: WRITE_ERRORS[503]})
 def get_job(job_id: int):

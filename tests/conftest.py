@@ -72,7 +72,8 @@ def make_app() -> Iterator[Callable]:
     apps = []
 
     def make(**config: object):
-        app = create_app({"TESTING": True, **config})
+        # no rate limits unless a test asks: the session app answers every test from one address
+        app = create_app({"TESTING": True, "RATE_LIMIT_ENABLED": False, **config})
         apps.append(app)
         return app
 

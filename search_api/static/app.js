@@ -95,6 +95,50 @@ function settingsChanged() {
 
 // --- showing things ----------------------------------------------------------------------------------------
 
+// Read keys only: when the server needs a key for reads, the person pastes a read key; it is kept in
+// sessionStorage (this tab, until it closes) and sent to this server only. A write key is refused.
+const readKeyRequired = main.dataset.readKeyRequired === "true";
+const KEY_STORE = "imgrec.readKey";
+let readKey = readKeyRequired ? sessionStorage.getItem(KEY_STORE) : null;
+
+function askForKey(message) {
+  readKey = null;
+  sessionStorage.removeItem(KEY_STORE);
+  $("key-form").hidden = false;
+  showError(message);
+}
+
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const key = $("key").value.trim();
+  $("key").value = "";
+  if (key.startsWith("imgrec_w_")) {
+    askForKey("That is a write key: never paste a write key into a web page. Ask for a read key (imgrec_r_…).");
+    return;
+  }
+  if (!key.startsWith("imgrec_r_")) {
+    askForKey("That is not a read key: read keys start with imgrec_r_.");
+    return;
+  }
+  readKey = key;
+  sessionStorage.setItem(KEY_STORE, key);
+  $("key-form").hidden = true;
+  showError("");
+  loadLabels();
+});
+
+function withKey(options) {
+  if (!readKey) return options || {};
+  return { ...options, headers: { ...(options && options.headers), Authorization: `Bearer ${readKey}` } };
+}
+
+// <img src> cannot send a key: with one, images are fetched with it and shown from blob: URLs.
+async function setImage(img, url) {
+  if (!readKey || url.startsWith("blob:")) { img.src = url; return; }
+  const response = await fetch(url, withKey());
+  if (response.ok) img.src = URL.createObjectURL(await response.blob());
+}
+
 function showError(message) {
   $("error").textContent = message;
 }
@@ -122,17 +166,22 @@ function thumbnailAt(url, size) {
 
 /** Point `img` at an item's thumbnail, with a sharper one for 2x screens. */
 function setThumbnail(img, url) {
-  img.src = url;
   const big = Math.min(2 * page.thumbnailSize, page.thumbnailMaxSize);
+  if (readKey) { // fetched with the key, one blob: URL: the sharper size when the screen wants it
+    img.removeAttribute("srcset");
+    setImage(img, window.devicePixelRatio > 1 && big > page.thumbnailSize ? thumbnailAt(url, big) : url);
+    return;
+  }
+  img.src = url;
   if (big > page.thumbnailSize) img.srcset = `${url} 1x, ${thumbnailAt(url, big)} 2x`;
   else img.removeAttribute("srcset");
 }
 
-function showQuery(title, meta, setImage) {
+function showQuery(title, meta, fillImage) {
   $("query-title").textContent = title;
   const img = $("query-image");
   img.removeAttribute("srcset");
-  setImage(img);
+  fillImage(img);
   $("query-meta").textContent = meta;
   $("query").hidden = false;
   main.classList.add("has-query");
@@ -184,12 +233,17 @@ function timingText(answer) {
 // --- searching ---------------------------------------------------------------------------------------------
 
 async function callApi(url, options) {
-  const response = await fetch(url, options);
+  const response = await fetch(url, withKey(options));
   let body = null;
   try {
     body = await response.json();
   } catch (e) {
     body = null;
+  }
+  if (response.status === 401 && readKeyRequired) {
+    askForKey(`This server needs a read key for searches${readKey ? "; the key given was refused" : ""}: ` +
+      (body && body.message ? body.message : "401"));
+    throw new Error("a read key is needed");
   }
   if (!response.ok) {
     throw new Error(body && body.message ? body.message : `the server answered ${response.status}`);
@@ -234,6 +288,7 @@ async function run() {
     hold(null);
     clearShown();
     setStatus("");
+    if (!$("key-form").hidden) return; // the key form says what is needed
     showError(q.kind === "file"
       ? `Could not search with ${q.file.name}: ${e.message}`
       : `Could not find items like ${q.hit.id}: ${e.message}`);
@@ -269,6 +324,7 @@ async function loadLabels() {
       select.append(option);
     }
   } catch (e) {
+    if (!$("key-form").hidden) return;
     showError(`The index is not ready: ${e.message}`);
   }
   readUrl(select);
@@ -299,4 +355,8 @@ drop.addEventListener("keydown", (e) => {
   if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fileInput.click(); }
 });
 readUrl($("k"));
-loadLabels();
+if (readKeyRequired && !readKey) {
+  askForKey("This server needs a read key for searches: paste one above.");
+} else {
+  loadLabels();
+}
