@@ -191,6 +191,9 @@ def main() -> int:
         queries = [p.read_bytes() for p in sorted(inventory.rglob("*.jpg"))[:64]]
         post_s, indexed_s, found_s = [], [], []
         with requests.Session() as s:
+            from search_api.keys import create_key
+
+            s.headers["Authorization"] = f"Bearer {create_key(index, 'bench', 'write')}"  # writes need one
             upload_until_found(base, photo(-1), s)  # the watcher is up and has caught up
             with Searchers(base, queries, args.clients) as searchers:
                 t = time.perf_counter()

@@ -280,15 +280,24 @@ def run_check(args: argparse.Namespace, work: Path, times: dict[str, float], fig
         with step("an upload over the API is found"):
             upload = sorted(queries.rglob("*.jpg"))[-1]  # held back: not in the inventory
             r = requests.post(f"{base}/v1/items", files={"image": upload.read_bytes()}, timeout=60)
+            check(r.status_code == 401, f"an upload without a key: {r.status_code} {r.text[:300]}")
+            key = stack.ok(
+                "exec", "-T", "api", "imgrec", "keys", "create", "compose-check", "--scope", "write",
+                "--index", "/data/index",
+            ).stdout.strip().splitlines()[-1]  # fmt: skip
+            auth = {"Authorization": f"Bearer {key}"}
+            r = requests.post(
+                f"{base}/v1/items", files={"image": upload.read_bytes()}, headers=auth, timeout=60
+            )
             check(r.status_code == 202, f"upload: {r.status_code} {r.text[:300]}")
             job_url = base + r.json()["job"]["url"]
             t_post = time.monotonic()
             wait_for(
                 "the upload indexed",
-                lambda: requests.get(job_url, timeout=30).json()["job"]["state"] != "queued",
+                lambda: requests.get(job_url, headers=auth, timeout=30).json()["job"]["state"] != "queued",
                 120,
             )
-            job = requests.get(job_url, timeout=30).json()["job"]
+            job = requests.get(job_url, headers=auth, timeout=30).json()["job"]
             check(job["state"] == "indexed", f"upload job: {job}")
             wait_for(
                 "the upload found",

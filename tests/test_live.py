@@ -21,6 +21,7 @@ import requests
 from PIL import Image
 
 from indexer.db import DATABASE_FILE
+from search_api.keys import create_key
 from tests.conftest import Api, Catalog, build_index
 from tests.indexing_fixtures import imgrec_command
 
@@ -64,11 +65,17 @@ def stop_watcher(proc: subprocess.Popen, log: Path) -> int:
         raise AssertionError(f"the watcher did not stop on SIGTERM:\n{log.read_text()[-3000:]}") from None
 
 
+def writer(api: Api, index: Path) -> None:
+    """Send a new write key with every request of `api` (writes need one: docs/api.md)."""
+    api.headers["Authorization"] = f"Bearer {create_key(index, 'writer', 'write')}"
+
+
 @pytest.fixture
 def live(fresh_index: Catalog, make_app, serve) -> Iterator[tuple[Catalog, Api]]:
     """A private index served by a real server that reloads new generations quickly (no watcher)."""
     app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0.2)
     with Api(serve(app)) as api:
+        writer(api, fresh_index.index)
         yield fresh_index, api
 
 
@@ -85,6 +92,7 @@ def watched(catalog: Catalog, tmp_path_factory, make_app, serve) -> Iterator[tup
     app = make_app(INDEX=str(cat.index), RELOAD_INTERVAL=0.2)
     try:
         with Api(serve(app)) as api:
+            writer(api, cat.index)
             yield cat, api
     finally:
         code = stop_watcher(proc, log)

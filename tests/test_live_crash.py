@@ -26,6 +26,7 @@ from PIL import Image
 
 from indexer import open_snapshot, run_index
 from indexer.db import DATABASE_FILE
+from search_api.keys import create_key
 from tests.indexing_fixtures import cli_child, forkserver, make_inventory, make_model_dir
 
 CI_KILLS = 8
@@ -103,8 +104,9 @@ class Client:
     """Posts uploads (and deletes of indexed uploads) until stopped; a write that gets no answer
     is sent again with the same key until it is answered."""
 
-    def __init__(self, base: str, stats: LiveKillStats):
+    def __init__(self, base: str, stats: LiveKillStats, write_key: str):
         self.base, self.stats = base, stats
+        self.auth = {"Authorization": f"Bearer {write_key}"}
         self.accepted: dict[str, dict] = {}  # key -> the job of its first 202
         self.stop = threading.Event()
         self.errors: list[str] = []
@@ -113,7 +115,7 @@ class Client:
         while not self.stop.is_set():
             try:
                 r = requests.request(
-                    method, self.base + url, headers={"Idempotency-Key": key}, timeout=30, **kw
+                    method, self.base + url, headers={"Idempotency-Key": key, **self.auth}, timeout=30, **kw
                 )
             except requests.RequestException:
                 self.stats.retries += 1
@@ -169,7 +171,7 @@ def live_kill_loop(tmp: Path, n_kills: int, seed: int) -> LiveKillStats:
     t0 = time.perf_counter()
     services.start("watcher")
     services.start("api")
-    client = Client(f"http://127.0.0.1:{services.port}", stats)
+    client = Client(f"http://127.0.0.1:{services.port}", stats, create_key(index, "writer", "write"))
     thread = threading.Thread(target=client.run, name="client")
     thread.start()
     try:

@@ -1,7 +1,7 @@
 """jobs: the queue of writes accepted over HTTP (add, delete; patch later), applied by the indexer
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-30 15:00:00
 
 Adds `jobs`. Independent of the products (0003) and API key (0004) tables: the lead re-chains
