@@ -1,0 +1,296 @@
+"""Filters evaluated on columns in memory: a boolean mask over a generation's items, in milliseconds.
+
+    cols = read_item_columns(session, snap.live_ids())    # once per generation (chunked reads)
+    mask = evaluate(expr, cols)                            # (n,) bool, aligned with cols.ids
+    allowed = cols.ids[mask]                               # sorted item ids
+
+The search path cannot ask SQLite for half a million ids per query; these arrays answer the same
+question (`filter_sql` is the reference: both select exactly the same items) with a few vectorised
+numpy operations. Two levels, as in the catalog: `label` per item; product fields and attributes per
+product, evaluated on the products' rows and lifted to the items by one gather through
+`product_row` (items without a product point at a last row where everything is missing).
+
+Columns: strings are dictionary-encoded (`values` sorted by code point = SQLite's BINARY order, so
+`<` on codes is `<` on strings; code -1 = missing), numbers float64 with NaN for missing, booleans a
+value array with a `present` mask.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from indexer.filter_sql import PRODUCT_COLUMNS
+from indexer.filters import ITEM_FIELDS, NUMBER, STRING, And, Compare, Expr, In, Not, known_types, names_in
+from indexer.products_db import VALUE_COLUMNS, AttributeType, Product, ProductAttribute, items_table
+
+CHUNK = 50_000  # rows per SELECT when reading columns
+FEW_VALUES = 8  # IN lists up to this size are ORed comparisons; longer ones a lookup table
+
+
+@dataclass(frozen=True)
+class StringColumn:
+    values: tuple[str, ...]  # distinct, sorted by code point
+    codes: np.ndarray  # (rows,) int32 index into `values`; -1 = missing
+
+
+@dataclass(frozen=True)
+class NumberColumn:
+    values: np.ndarray  # (rows,) float64; NaN = missing
+
+
+@dataclass(frozen=True)
+class BoolColumn:
+    values: np.ndarray  # (rows,) bool
+    present: np.ndarray  # (rows,) bool; False = missing
+
+
+Column = StringColumn | NumberColumn | BoolColumn
+
+
+@dataclass(frozen=True)
+class ItemColumns:
+    """The filterable fields of one generation's items, as arrays.
+
+    Item level (n rows, aligned with `ids`): `label`. Product level (p + 1 rows; the last row is
+    "no product", everything missing): `product_id`, `title`, `price` and every attribute.
+    """
+
+    ids: np.ndarray  # (n,) int64 item ids, sorted
+    product_row: np.ndarray  # (n,) int32 row of the item's product; p for "no product"
+    product_ids: np.ndarray  # (p,) int64 products.id of each product row, sorted
+    item_columns: dict[str, Column]
+    product_columns: dict[str, Column]
+    types: dict[str, str]  # every filterable name -> string | number | boolean
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays (string dictionaries not counted)."""
+        arrays = [self.ids, self.product_row, self.product_ids]
+        for col in (*self.item_columns.values(), *self.product_columns.values()):
+            arrays += [col.codes] if isinstance(col, StringColumn) else [col.values]
+            arrays += [col.present] if isinstance(col, BoolColumn) else []
+        return sum(a.nbytes for a in arrays)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+def evaluate(expr: Expr, cols: ItemColumns) -> np.ndarray:
+    """(n,) bool: which of `cols.ids` match `expr` (checked against `cols.types` beforehand).
+
+    :raise KeyError: `expr` names a column that `cols` was read without.
+    """
+    unread = names_in(expr) - cols.item_columns.keys() - cols.product_columns.keys()
+    if unread:
+        raise KeyError(f"columns not read: {sorted(unread)}")
+    level, mask = _evaluate(expr, cols)
+    return mask if level == "item" else mask[cols.product_row]
+
+
+def matching_ids(expr: Expr, cols: ItemColumns) -> np.ndarray:
+    """The sorted item ids that match `expr`."""
+    return cols.ids[evaluate(expr, cols)]
+
+
+def _evaluate(expr: Expr, cols: ItemColumns) -> tuple[str, np.ndarray]:
+    """("item", (n,) mask) or ("product", (p + 1,) mask): product-only parts stay at product level."""
+    if isinstance(expr, Compare | In):
+        if expr.name in ITEM_FIELDS:
+            return "item", _atom(cols.item_columns[expr.name], expr)
+        return "product", _atom(cols.product_columns[expr.name], expr)
+    if isinstance(expr, Not):
+        level, mask = _evaluate(expr.expr, cols)
+        return level, ~mask
+    parts = [_evaluate(p, cols) for p in expr.parts]
+    if any(level == "item" for level, _ in parts):
+        level = "item"
+        masks = [m if lv == "item" else m[cols.product_row] for lv, m in parts]
+    else:
+        level, masks = "product", [m for _, m in parts]
+    combine = np.logical_and if isinstance(expr, And) else np.logical_or
+    out = masks[0].copy()
+    for m in masks[1:]:
+        combine(out, m, out=out)
+    return level, out
+
+
+def _atom(col: Column, atom: Compare | In) -> np.ndarray:
+    if isinstance(col, StringColumn):
+        return _string_atom(col, atom)
+    if isinstance(col, NumberColumn):
+        return _number_atom(col.values, atom)
+    values = (atom.value,) if isinstance(atom, Compare) else atom.values
+    if isinstance(atom, Compare) and atom.op == "!=":
+        return col.present & (col.values != atom.value)
+    out = np.zeros(len(col.values), bool)
+    for v in set(values):
+        out |= col.values == v
+    return out & col.present
+
+
+def _string_atom(col: StringColumn, atom: Compare | In) -> np.ndarray:
+    codes, values = col.codes, col.values
+    if isinstance(atom, In):
+        found = [i for i in (_code_of(values, v) for v in set(atom.values)) if i is not None]
+        if len(found) <= FEW_VALUES:
+            out = np.zeros(len(codes), bool)
+            for i in found:
+                out |= codes == i
+            return out
+        table = np.zeros(len(values) + 1, bool)  # the last entry answers code -1 (missing)
+        table[found] = True
+        return table[codes]
+    v, op = atom.value, atom.op
+    if op in ("=", "!="):
+        i = _code_of(values, v)
+        if op == "=":
+            return codes == i if i is not None else np.zeros(len(codes), bool)
+        return (codes != i) & (codes >= 0) if i is not None else codes >= 0
+    if op == "<":
+        return (codes >= 0) & (codes < bisect.bisect_left(values, v))
+    if op == "<=":
+        return (codes >= 0) & (codes < bisect.bisect_right(values, v))
+    if op == ">":
+        return codes >= bisect.bisect_right(values, v)
+    return codes >= bisect.bisect_left(values, v)  # >=
+
+
+def _code_of(values: Sequence[str], v: str) -> int | None:
+    i = bisect.bisect_left(values, v)
+    return i if i < len(values) and values[i] == v else None
+
+
+def _number_atom(x: np.ndarray, atom: Compare | In) -> np.ndarray:
+    if isinstance(atom, In):
+        return np.isin(x, np.asarray(atom.values, np.float64))  # NaN is never in the list
+    v, op = atom.value, atom.op
+    if op == "!=":
+        return (x != v) & ~np.isnan(x)
+    return {"=": np.equal, "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}[op](
+        x, v
+    )
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def read_item_columns(
+    session: Session,
+    ids: np.ndarray,
+    names: Iterable[str] | None = None,
+    items: sa.Table = items_table,
+) -> ItemColumns:
+    """The columns of the items `ids` (a generation's live ids), read in pages of `CHUNK` rows.
+
+    `names` limits the columns read (default: every filterable name). Items are read by ranges of
+    id and products by ranges of product id (keyset pages): no statement carries one parameter per
+    item.
+
+    :raise LookupError: an id is not in the catalog.
+    :raise KeyError: `names` holds a name that is neither a field nor an attribute.
+    """
+    ids = np.unique(np.asarray(ids, np.int64))
+    attribute_types = dict(session.execute(sa.select(AttributeType.name, AttributeType.type)).all())
+    types = known_types(attribute_types)
+    wanted = set(types) if names is None else set(names)
+    if wanted - set(types):
+        raise KeyError(f"no such filterable names: {sorted(wanted - set(types))}")
+
+    labels = np.empty(len(ids), object)
+    item_product = np.full(len(ids), -1, np.int64)
+    seen = np.zeros(len(ids), bool)
+    query = sa.select(items.c.id, items.c.label, items.c.product_id)
+    for page in _pages(session, query, items.c.id, ids):
+        at, keep = _rows_at(ids, [r[0] for r in page])
+        kept = [r for r, k in zip(page, keep, strict=True) if k]
+        seen[at] = True
+        labels[at] = [r[1] for r in kept]
+        item_product[at] = [-1 if r[2] is None else r[2] for r in kept]
+    if not seen.all():
+        missing = ids[~seen]
+        raise LookupError(f"{len(missing)} item ids are not in the catalog (first: {int(missing[0])})")
+
+    product_ids = np.unique(item_product[item_product >= 0])
+    product_row = np.searchsorted(product_ids, item_product).astype(np.int32)
+    product_row[item_product < 0] = len(product_ids)
+
+    item_columns: dict[str, Column] = {}
+    if "label" in wanted:
+        item_columns["label"] = _string_column(labels, np.ones(len(ids), bool))
+    product_columns = {
+        name: _read_product_column(session, product_ids, name, types[name])
+        for name in sorted(wanted - ITEM_FIELDS)
+    }
+    return ItemColumns(ids, product_row, product_ids, item_columns, product_columns, types)
+
+
+def _read_product_column(session: Session, product_ids: np.ndarray, name: str, kind: str) -> Column:
+    """One product-level column: p + 1 rows (the last: no product), for `product_ids` (sorted)."""
+    if name in PRODUCT_COLUMNS:
+        column = getattr(Product, PRODUCT_COLUMNS[name])
+        query, key = sa.select(Product.id, column), Product.id
+    else:
+        a = ProductAttribute
+        column = getattr(a, VALUE_COLUMNS[kind])
+        query, key = sa.select(a.product_id, column).where(a.name == name), a.product_id
+    rows = len(product_ids) + 1
+    values = np.full(rows, np.nan) if kind == NUMBER else np.empty(rows, object)
+    present = np.zeros(rows, bool)
+    for page in _pages(session, query, key, product_ids):
+        at, keep = _rows_at(product_ids, [r[0] for r in page])
+        got = [r[1] for r, k in zip(page, keep, strict=True) if k]
+        values[at] = got
+        present[at] = [g is not None for g in got]
+    if kind == STRING:
+        return _string_column(values, present)
+    if kind == NUMBER:
+        values = values.astype(np.float64)
+        values[~present] = np.nan
+        return NumberColumn(values)
+    return BoolColumn(np.where(present, values, False).astype(bool), present)
+
+
+def _rows_at(sorted_ids: np.ndarray, got: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in `sorted_ids` of those of `got` that are there, and which of `got` are."""
+    got_a = np.asarray(got, np.int64)
+    if not len(sorted_ids):
+        return np.zeros(0, np.intp), np.zeros(len(got_a), bool)
+    at = np.searchsorted(sorted_ids, got_a)
+    keep = sorted_ids[np.minimum(at, len(sorted_ids) - 1)] == got_a
+    return at[keep], keep
+
+
+def _string_column(values: np.ndarray, present: np.ndarray) -> StringColumn:
+    """Dictionary-encode: sorted distinct values and int32 codes (-1 where missing)."""
+    codes = np.full(len(values), -1, np.int32)
+    if not present.any():
+        return StringColumn((), codes)
+    distinct, inverse = np.unique(values[present].astype(str), return_inverse=True)
+    codes[present] = inverse
+    return StringColumn(tuple(str(s) for s in distinct), codes)
+
+
+def _pages(session: Session, query: sa.Select, key: sa.ColumnElement, wanted: np.ndarray) -> Iterator[list]:
+    """Rows of `query` whose unique `key` lies within [wanted[0], wanted[-1]], CHUNK at a time.
+
+    Keyset pagination: each page is one statement with three parameters, whatever the number of ids.
+    """
+    if not len(wanted):
+        return
+    lo, hi = int(wanted[0]), int(wanted[-1])
+    while True:
+        rows = session.execute(query.where(key >= lo, key <= hi).order_by(key).limit(CHUNK)).all()
+        if rows:
+            yield rows
+        if len(rows) < CHUNK:
+            return
+        lo = int(rows[-1][0]) + 1
