@@ -189,11 +189,11 @@ def read_item_columns(
     names: Iterable[str] | None = None,
     items: sa.Table = items_table,
 ) -> ItemColumns:
-    """The columns of the items `ids` (a generation's live ids), read in pages of `CHUNK` rows.
+    """The columns of the items `ids` (a generation's live ids), read CHUNK rows at a time.
 
-    `names` limits the columns read (default: every filterable name). Items are read by ranges of
-    id and products by ranges of product id (keyset pages): no statement carries one parameter per
-    item.
+    `names` limits the columns read (default: every filterable name). Items are read by their range
+    of ids, products by their range of product ids: no statement carries one parameter per item.
+    Call it inside one read transaction (`indexer.db.read_snapshot`) for a consistent generation.
 
     :raise LookupError: an id is not in the catalog.
     :raise KeyError: `names` holds a name that is neither a field nor an attribute.
@@ -236,12 +236,12 @@ def read_item_columns(
 def _read_product_column(session: Session, product_ids: np.ndarray, name: str, kind: str) -> Column:
     """One product-level column: p + 1 rows (the last: no product), for `product_ids` (sorted)."""
     if name in PRODUCT_COLUMNS:
-        column = getattr(Product, PRODUCT_COLUMNS[name])
-        query, key = sa.select(Product.id, column), Product.id
+        products = Product.__table__
+        query, key = sa.select(products.c.id, products.c[PRODUCT_COLUMNS[name]]), products.c.id
     else:
-        a = ProductAttribute
-        column = getattr(a, VALUE_COLUMNS[kind])
-        query, key = sa.select(a.product_id, column).where(a.name == name), a.product_id
+        a = ProductAttribute.__table__
+        query = sa.select(a.c.product_id, a.c[VALUE_COLUMNS[kind]]).where(a.c.name == name)
+        key = a.c.product_id
     rows = len(product_ids) + 1
     values = np.full(rows, np.nan) if kind == NUMBER else np.empty(rows, object)
     present = np.zeros(rows, bool)
@@ -280,17 +280,21 @@ def _string_column(values: np.ndarray, present: np.ndarray) -> StringColumn:
 
 
 def _pages(session: Session, query: sa.Select, key: sa.ColumnElement, wanted: np.ndarray) -> Iterator[list]:
-    """Rows of `query` whose unique `key` lies within [wanted[0], wanted[-1]], CHUNK at a time.
+    """Rows of `query` whose `key` lies within [wanted[0], wanted[-1]], fetched CHUNK at a time.
 
-    Keyset pagination: each page is one statement with three parameters, whatever the number of ids.
+    One statement (compiled from `query`, three bound parameters whatever the number of ids) run on
+    the DB-API cursor and streamed with `fetchmany`: plain tuples, ~2x faster than result rows at
+    1M items. Rows arrive in any order (the caller places them by key): SQLite never sorts.
     """
     if not len(wanted):
         return
-    lo, hi = int(wanted[0]), int(wanted[-1])
-    while True:
-        rows = session.execute(query.where(key >= lo, key <= hi).order_by(key).limit(CHUNK)).all()
-        if rows:
+    connection = session.connection()
+    compiled = query.where(key >= int(wanted[0]), key <= int(wanted[-1])).compile(dialect=connection.dialect)
+    params = tuple(compiled.params[name] for name in compiled.positiontup)
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        while rows := cursor.fetchmany(CHUNK):
             yield rows
-        if len(rows) < CHUNK:
-            return
-        lo = int(rows[-1][0]) + 1
+    finally:
+        cursor.close()
