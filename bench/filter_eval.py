@@ -128,7 +128,7 @@ def main() -> None:
     from indexer.filters import parse_filter
     from indexer.products_db import items_table
 
-    path = CACHE / f"filter-eval-{args.n}x{args.images_per_product}.sqlite"
+    path = CACHE / f"filter-eval-v2-{args.n}x{args.images_per_product}.sqlite"  # v2: covering indexes
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         build_catalog(path, args.n, args.images_per_product)

@@ -65,9 +65,12 @@ class ProductAttribute(ProductsBase):
     """One attribute value of a product; exactly the value column of the attribute's type is set."""
 
     __tablename__ = "product_attributes"
+    # one covering index per value type: a filter atom (`name = ? AND value op ?` -> product ids) and
+    # the columns reader (all values of one name) are index-only range scans
     __table_args__ = (
-        Index("ix_product_attributes_name_string_value", "name", "string_value"),
-        Index("ix_product_attributes_name_number_value", "name", "number_value"),
+        Index("ix_product_attributes_string", "name", "string_value", "product_id"),
+        Index("ix_product_attributes_number", "name", "number_value", "product_id"),
+        Index("ix_product_attributes_bool", "name", "bool_value", "product_id"),
     )
 
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)

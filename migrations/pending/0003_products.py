@@ -51,18 +51,13 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("product_id", "name", name=op.f("pk_product_attributes")),
     )
-    op.create_index(
-        "ix_product_attributes_name_string_value",
-        "product_attributes",
-        ["name", "string_value"],
-        unique=False,
-    )
-    op.create_index(
-        "ix_product_attributes_name_number_value",
-        "product_attributes",
-        ["name", "number_value"],
-        unique=False,
-    )
+    for kind in ("string", "number", "bool"):  # covering: filter atoms and column reads are index-only
+        op.create_index(
+            f"ix_product_attributes_{kind}",
+            "product_attributes",
+            ["name", f"{kind}_value", "product_id"],
+            unique=False,
+        )
     op.create_table(
         "attribute_types",
         sa.Column("name", sa.String(), nullable=False),
@@ -111,8 +106,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_product_changes_generation_id"), table_name="product_changes")
     op.drop_table("product_changes")
     op.drop_table("attribute_types")
-    op.drop_index("ix_product_attributes_name_number_value", table_name="product_attributes")
-    op.drop_index("ix_product_attributes_name_string_value", table_name="product_attributes")
+    for kind in ("string", "number", "bool"):
+        op.drop_index(f"ix_product_attributes_{kind}", table_name="product_attributes")
     op.drop_table("product_attributes")
     op.drop_index(op.f("ix_products_deleted_generation"), table_name="products")
     op.drop_index(op.f("ix_products_price"), table_name="products")
