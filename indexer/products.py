@@ -204,7 +204,8 @@ def link_items(
 
     Returns {item id: previous products.id} for the items whose product changed (for rollback).
     """
-    current = session.execute(sa.select(items.c.id, items.c.path, items.c.product_id).where(LIVE_ITEMS)).all()
+    live = items.c.deleted_generation.is_(None)
+    current = session.execute(sa.select(items.c.id, items.c.path, items.c.product_id).where(live)).all()
     updates = []
     for item_id, path, product in current:
         key = image_products.get(path)
