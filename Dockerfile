@@ -1,27 +1,27 @@
-# imgrec: one image for every service of docker-compose.yml (train, indexer, api, dask scheduler/workers).
+# imgrec: one image for the services of docker-compose.yml (train, indexer, api, dask); docs/deployment.md.
 #
 #   docker build -t imgrec .
 #   docker run --rm -p 8000:8000 -v imgrec-index:/data/index imgrec        # the search API
 #
-# Two stages: `build` makes a virtualenv with imgrec and its dependencies (CPU torch, pinned by the
-# same constraints.txt as every other install); the final stage copies only that virtualenv, so
-# pip's caches, wheels and build dependencies stay behind.
+# Two stages: `build` makes a virtualenv (CPU torch, pinned by constraints.txt); the final stage
+# copies only that virtualenv and the compose steps script.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
-# CPU-only torch wheels live on PyTorch's own index; constraints.txt pins the version.
+# CPU-only torch from PyTorch's index alone (PyPI's Linux torch is the CUDA build); its dependencies
+# from PyPI. constraints.txt pins the version.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_EXTRA_INDEX_URL=${TORCH_INDEX_URL} \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # torch first, in its own layer: it is the big one and changes least
 COPY constraints.txt ./
-RUN pip install --no-cache-dir -c constraints.txt torch
+RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" --no-deps -c constraints.txt torch \
+    && pip install --no-cache-dir -c constraints.txt torch
 COPY pyproject.toml README.md alembic.ini ./
 COPY encoder ./encoder
 COPY indexer ./indexer
@@ -40,6 +40,7 @@ RUN groupadd --system --gid 10001 imgrec \
     && mkdir -p /data/index /data/models /data/inventory \
     && chown -R imgrec:imgrec /data
 COPY --from=build /opt/venv /opt/venv
+COPY deploy/compose-step /usr/local/bin/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -107,8 +107,9 @@ def _generated(out: Path, n: int) -> Path:
 def build_model_dir(name: str, images: Path, out: Path, image_size: int = 64) -> Path:
     """A model dir of encoder `name` (weights quality does not matter for speed: trained briefly)."""
     if name in _pretrained_presets():
-        from encoder.pretrained import PRESETS, fit_pretrained
-        from encoder.train import find_images
+        from encoder.fit import fit_pretrained
+        from encoder.images import find_images
+        from encoder.pretrained import PRESETS
 
         paths = find_images(images)
         paths = paths[:: max(1, len(paths) // 160)][:160]  # the PCA needs >= 128 images
@@ -174,8 +175,9 @@ def synthetic_vectors(n: int, d: int = 128, seed: int = 0):  # noqa: ANN201
     return xb
 
 
-def random_model_dir(out: Path, seed: int = 0) -> Path:
-    """An untrained conv-ae model dir with 128-d codes (search speed does not depend on weights)."""
+def random_model_dir(out: Path, seed: int = 0, code_channels: int = 8) -> Path:
+    """An untrained conv-ae model dir with 16 * `code_channels`-d codes (128-d by default; search
+    speed does not depend on weights)."""
     import torch
 
     from encoder.model_dir import read_fingerprint, save_model_dir
@@ -185,7 +187,7 @@ def random_model_dir(out: Path, seed: int = 0) -> Path:
     if (out / "config.json").exists():
         return out
     torch.manual_seed(seed)
-    cfg = EncoderConfig(arch="conv-ae", image_size=SYNTHETIC_IMAGE_SIZE)
+    cfg = EncoderConfig(arch="conv-ae", image_size=SYNTHETIC_IMAGE_SIZE, filters=(16, 8, code_channels))
     model = build_model(cfg).eval()
     config = {
         "kind": "autoencoder",
@@ -202,9 +204,9 @@ def random_model_dir(out: Path, seed: int = 0) -> Path:
 def synthetic_index_dir(n: int, d: int = 128, cache: Path = CACHE) -> Path:
     """An index dir of `n` synthetic items and vectors, published as a real generation (cached).
 
-    Uses the indexer's own pieces: the migrated catalog, `faiss_index` build/add/write, the model
-    copy and `make_current`; only the items are bulk-inserted (the job's per-file ORM path would
-    take minutes for a million rows).
+    Uses the indexer's own pieces: the migrated catalog, one segment written by
+    `segments.write_checked`, the model copy and `make_current`; only the items are bulk-inserted
+    (the job's per-file path would take minutes for a million rows).
     """
     import numpy as np
     from sqlalchemy import insert
@@ -213,11 +215,12 @@ def synthetic_index_dir(n: int, d: int = 128, cache: Path = CACHE) -> Path:
     from encoder import load_encoder
     from encoder.model_dir import copy_model_dir
     from indexer import faiss_index
-    from indexer.db import Generation, Item, open_database, utcnow
-    from indexer.generations import generation_path, make_current
+    from indexer.db import Generation, GenerationSegment, Item, Segment, open_database, utcnow
+    from indexer.generations import make_current
     from indexer.job import MODELS_DIR
+    from indexer.segments import build_segment, ids_checksum, segment_file, write_checked
 
-    index_dir = cache / f"synthetic-{n}x{d}"
+    index_dir = cache / f"synthetic-v2-{n}x{d}"
     if (index_dir / "READY").exists():
         return index_dir
     if index_dir.exists():
@@ -231,14 +234,25 @@ def synthetic_index_dir(n: int, d: int = 128, cache: Path = CACHE) -> Path:
     engine = open_database(index_dir)
     copy_model_dir(model_dir, index_dir / MODELS_DIR / encoder.fingerprint)
     now = utcnow()
+    ids = np.arange(1, n + 1, dtype=np.int64)
     with Session(engine) as session, session.begin():
         gen = Generation(
-            status="building", faiss_file="", item_count=0, ids_sha256="",
+            status="building", faiss_file="", item_count=n, ids_sha256="", ids_checksum=ids_checksum(ids),
             model_fingerprint=encoder.fingerprint, model_config=encoder.config, dim=d, metric="cosine",
             index_type="flat", inventory_root=str(index_dir / "inventory"), parent_id=None, run_summary={},
+            summary={"labels": dict(zip(labels, np.bincount(ids % 10, minlength=10).tolist(), strict=True))},
         )  # fmt: skip
-        session.add(gen)
+        seg = Segment(
+            file="", item_count=n, dim=d, metric="cosine", index_type="flat", byte_size=0, sha256="",
+            ids_sha256=faiss_index.ids_sha256(ids),
+        )  # fmt: skip
+        session.add_all([gen, seg])
         session.flush()
+        seg.file = segment_file(seg.id)
+        (index_dir / seg.file).parent.mkdir(parents=True, exist_ok=True)
+        written = write_checked(build_segment(synthetic_vectors(n, d), ids, "cosine"), index_dir / seg.file)
+        seg.byte_size, seg.sha256 = written.byte_size, written.sha256
+        session.add(GenerationSegment(generation_id=gen.id, segment_id=seg.id, deleted=b"", n_deleted=0))
         for start in range(0, n, 100_000):
             rows = [
                 dict(
@@ -252,21 +266,13 @@ def synthetic_index_dir(n: int, d: int = 128, cache: Path = CACHE) -> Path:
                     height=533,
                     added_generation=gen.id,
                     deleted_generation=None,
+                    segment_id=seg.id,
                     created_at=now,
                     updated_at=now,
                 )  # fmt: skip
                 for i in range(start + 1, min(n, start + 100_000) + 1)
             ]
             session.execute(insert(Item), rows)
-        ids = np.arange(1, n + 1, dtype=np.int64)
-        index = faiss_index.build_index(d, "cosine", "flat")
-        faiss_index.add(index, ids, synthetic_vectors(n, d), "cosine")
-        gen.item_count = n
-        gen.ids_sha256 = faiss_index.ids_sha256(faiss_index.ids_of(index))
-        gen.faiss_file = f"generations/{gen.id:06d}.faiss"
-        path = generation_path(index_dir, gen.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        faiss_index.write_index_atomic(index, path)
         make_current(session, gen)
     engine.dispose()
     (index_dir / "READY").write_text("ok\n")

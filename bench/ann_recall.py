@@ -148,7 +148,7 @@ def clothing_vectors(model_dir: Path | None, work: Path) -> tuple[np.ndarray, np
     t = time.perf_counter()
     xb, xq = embed(CLOTHING), embed(val)
     print(f"[clothing] embedded {len(xb)} + {len(xq)} images in {time.perf_counter() - t:.0f} s", flush=True)
-    return xb, xq, encoder.config.get("preset") or encoder.config.get("model", {}).get("arch", "model")
+    return xb, xq, encoder.model_config.name
 
 
 def main() -> None:

@@ -59,6 +59,7 @@ def forward_rate(encoder, batches: list, threads: int) -> float:  # noqa: ANN001
     from indexer.ingest import torch_threads
 
     salt = next(_SALT) * 1e-4
+    encoder.set_threads(threads)  # onnxruntime sessions (torch encoders: the same as torch_threads)
     with torch_threads(threads):
         encoder.embed(batches[0] - 1.0 - salt)  # warm-up (allocations, oneDNN primitives)
         seconds = 0.0
@@ -101,7 +102,7 @@ def naive_rate(paths: list[Path], encoder) -> tuple[float, float]:  # noqa: ANN0
             img = Image.open(p).convert("RGB").resize((pre.image_size, pre.image_size))
             x = (np.asarray(img, np.float32) / 255.0 - mean) / std
             x = torch.from_numpy(x.transpose(2, 0, 1).copy())[None]  # (1, 3, S, S)
-            codes.append(encoder._embed_tensor(x).numpy().reshape(-1))
+            codes.append(encoder.embed(x.numpy()).reshape(-1))
     xb = np.stack(codes).astype(np.float32)
     index = faiss.IndexFlatL2(xb.shape[1])
     index.add(xb)
@@ -153,8 +154,10 @@ def bench_model(
         )
         # N: the recipe with torch's default threads (all cores) and with one; the faster counts
         with torch_threads(cores):
+            encoder.set_threads(cores)
             row["Nall"], row["Nall_cpu_ms"] = naive_rate(naive_paths, encoder)
         with torch_threads(1):
+            encoder.set_threads(1)
             row["N1"], row["N1_cpu_ms"] = naive_rate(naive_paths, encoder)
         row["N"] = max(row["N1"], row["Nall"])
         row["N_cpu_ms"] = row["N1_cpu_ms"] if row["N1"] >= row["Nall"] else row["Nall_cpu_ms"]

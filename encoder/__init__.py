@@ -1,11 +1,21 @@
 """Image encoders: autoencoders trained on the inventory, and pretrained backbones with a reducer.
 
-Depends on nothing else in imgrec; `indexer` and `search_api` build on it.
+Depends on nothing else in imgrec; `indexer` and `search_api` build on it. Importing this package
+imports no torch: autoencoders load it when one is loaded, pretrained presets only to fit and export.
 """
 
+from encoder.config import (
+    CONFIG_VERSION,
+    AutoencoderModelConfig,
+    EncoderConfig,
+    ModelConfig,
+    ModelDirError,
+    PretrainedConfig,
+    PretrainedModelConfig,
+    parse_model_config,
+)
 from encoder.embedder import Encoder, load_encoder, register_kind
-from encoder.model_dir import ModelDirError, read_fingerprint
-from encoder.models import MODELS, EncoderConfig
+from encoder.model_dir import read_fingerprint
 from encoder.preprocess import (
     IMAGE_EXTENSIONS,
     ImageDecodeError,
@@ -16,25 +26,50 @@ from encoder.preprocess import (
 )
 from encoder.pretrained import PRESETS as PRETRAINED_PRESETS
 
-# What `imgrec train --model` accepts, and the default: the best measured on clothing (README, "Retrieval quality").
+# Autoencoders (encoder.models; listed here so that `imgrec --help` needs no torch).
+MODELS: list[str] = ["simple-ae", "conv-ae", "res-ae"]
+# What `imgrec train --model` accepts, and the default: the best measured on clothing (docs/quality.md).
 TRAINABLE_MODELS: list[str] = [*MODELS, *PRETRAINED_PRESETS]
-DEFAULT_MODEL: str = "effnet-lite02-pca"
+DEFAULT_MODEL: str = "effnet-lite01-pca"
+
+
+def set_compute_threads(n: int) -> None:
+    """Process-wide compute threads of encoders (onnxruntime sessions created from now on, and torch
+    when it is loaded); 0 keeps the defaults (every core). Call at entry points only."""
+    import sys
+
+    from encoder import runtime
+
+    if n <= 0:
+        return
+    runtime.set_default_threads(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
 
 __all__ = [
+    "CONFIG_VERSION",
     "DEFAULT_MODEL",
-    "PRETRAINED_PRESETS",
-    "TRAINABLE_MODELS",
     "IMAGE_EXTENSIONS",
     "MODELS",
+    "PRETRAINED_PRESETS",
+    "TRAINABLE_MODELS",
+    "AutoencoderModelConfig",
     "Encoder",
     "EncoderConfig",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "ModelConfig",
     "ModelDirError",
+    "PretrainedConfig",
+    "PretrainedModelConfig",
     "Preprocess",
     "is_image_name",
     "load_encoder",
+    "load_image",
+    "parse_model_config",
     "read_fingerprint",
     "register_kind",
-    "load_image",
+    "set_compute_threads",
 ]

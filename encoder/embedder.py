@@ -1,32 +1,48 @@
 """`Encoder`: a loaded model that embeds batches of images into float32 vectors.
 
 Every kind of model (autoencoders trained here, pretrained backbones with a reducer) is loaded by
-`load_encoder(MODEL_DIR)` and offers the same three things: `preprocess` (how to prepare an image),
-`embed` (prepared batch -> vectors) and `novelty` (how unlike the training images each input is).
+`load_encoder(MODEL_DIR)` and offers the same things: `preprocess` (how to prepare an image),
+`embed` (prepared batch -> vectors), `novelty` (how unlike the training images each input is) and
+`model_config` (its typed config). This module imports no torch: a kind loads its own runtime
+(torch for autoencoders, onnxruntime for pretrained presets) when a model of that kind is loaded.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
+from encoder.config import ModelConfig, ModelDirError, parse_model_config
 from encoder.model_dir import read_model_dir
-from encoder.models import EncoderConfig, build_model
 from encoder.preprocess import Preprocess
 
 
 class Encoder:
-    """Base class: subclasses set `preprocess`, `dim` and implement `_embed_tensor`."""
+    """Base class: subclasses set `preprocess`, `dim`, `config`, `fingerprint` and implement `_embed`.
+
+    `config` is the config dict as recorded with an index; `model_config` is its typed form (read it).
+    """
 
     kind: str = "base"
     preprocess: Preprocess
     dim: int
     fingerprint: str
     config: dict
+    model_dir: Path | None = None  # where it was loaded from (None: built in memory)
+
+    @cached_property
+    def model_config(self) -> ModelConfig:
+        return parse_model_config(self.config)
+
+    @property
+    def feature_cache(self):  # noqa: ANN201 - encoder.feature_cache.FeatureCache | None
+        """Features extracted at train time, for `embed_features` (None: this kind keeps none)."""
+        return None
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Normalised (B, 3, S, S) float32 -> (B, dim) float32 vectors."""
@@ -34,9 +50,8 @@ class Encoder:
             raise ValueError(f"expected a (B, 3, S, S) batch, got shape {batch.shape}")
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
-        with torch.inference_mode():
-            out = self._embed_tensor(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
-        return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+        out = self._embed(np.ascontiguousarray(batch, np.float32))
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def embed_uint8(self, batch_u8: np.ndarray) -> np.ndarray:
         """Resized uint8 (B, S, S, 3) -> vectors."""
@@ -50,81 +65,100 @@ class Encoder:
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
+    def embed_features(self, features: np.ndarray) -> np.ndarray:
+        """Vectors (N, dim) of cached features (N, C) (see `feature_cache`)."""
+        raise NotImplementedError(f"{self.kind} encoders keep no features")
+
     def novelty(self, batch: np.ndarray) -> np.ndarray:
         """Per-image reconstruction error (B,): how unlike the training images each input is."""
-        with torch.inference_mode():
-            out = self._novelty_tensor(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
-        return out.numpy().astype(np.float32)
+        return np.asarray(self._novelty(np.ascontiguousarray(batch, np.float32)), np.float32)
+
+    @property
+    def has_novelty(self) -> bool:
+        """True when `novelty_percentile` gives figures (the model dir holds a reference distribution)."""
+        return self.model_config.novelty_reference is not None
 
     def novelty_percentile(self, batch: np.ndarray) -> np.ndarray | None:
         """(B,) in 0..100: each image's `novelty` as a percentile of the training images' own errors.
 
         None when the model dir holds no reference distribution (models trained before it existed).
         """
-        from encoder.novelty import has_novelty_reference, novelty_percentile
+        from encoder.novelty import percentile_of
 
-        return novelty_percentile(self, batch) if has_novelty_reference(self) else None
+        ref = self.model_config.novelty_reference
+        return None if ref is None else percentile_of(self.novelty(batch), ref)
 
-    def _embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
+    def set_threads(self, n: int) -> None:
+        """Compute threads for the following calls (the runtime's intra-op threads)."""
+
+    def get_threads(self) -> int:
+        return 1
+
+    def _embed(self, x: np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) -> (B, dim). Subclasses written for torch may implement `_embed_tensor` instead."""
+        import torch
+
+        with torch.inference_mode():
+            return self._embed_tensor(torch.from_numpy(x)).numpy()
+
+    def _novelty(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._novelty_tensor(torch.from_numpy(x)).numpy()
+
+    def _embed_tensor(self, x):  # noqa: ANN001, ANN202 - torch.Tensor in and out
         raise NotImplementedError
 
-    def _novelty_tensor(self, x: torch.Tensor) -> torch.Tensor:
+    def _novelty_tensor(self, x):  # noqa: ANN001, ANN202
         raise NotImplementedError
 
 
-class AutoencoderEncoder(Encoder):
-    """An autoencoder trained by `imgrec train`; the code is the encoder half's output."""
+class TorchThreads:
+    """`set_threads`/`get_threads` for encoders run by torch (process-wide intra-op threads)."""
 
-    kind = "autoencoder"
+    def set_threads(self, n: int) -> None:
+        import torch
 
-    def __init__(self, state_dict: dict[str, torch.Tensor], config: dict, fingerprint: str):
-        self.config = config
-        self.fingerprint = fingerprint
-        self.model_config = EncoderConfig.from_dict(config["model"])
-        self.preprocess = Preprocess.from_dict(config["preprocess"])
-        self.model = build_model(self.model_config)
-        self.model.load_state_dict(state_dict, strict=True)
-        self.model.eval()
-        self.dim = int(config["code_dim"])
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
-    def _embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(x)
+    def get_threads(self) -> int:
+        import torch
 
-    def _novelty_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return ((self.model(x) - x) ** 2).flatten(1).mean(1)
+        return torch.get_num_threads()
 
 
-LOADERS: dict[str, Callable[[dict, dict, str], Encoder]] = {
-    "autoencoder": lambda sd, cfg, fp: AutoencoderEncoder(sd, cfg, fp),
+Loader = Callable[[dict, dict, str], Encoder]  # (weights, config dict, fingerprint) -> Encoder
+
+# kind -> a loader, or "module:attribute" of one (imported when a model of that kind is loaded)
+LOADERS: dict[str, Loader | str] = {
+    "autoencoder": "encoder.autoencoder:AutoencoderEncoder",
+    "pretrained": "encoder.pretrained:PretrainedEncoder",
 }
 
 
-def register_kind(kind: str, loader: Callable[[dict, dict, str], Encoder]) -> None:
-    """Let another module (e.g. pretrained backbones) add a kind of model dir."""
+def register_kind(kind: str, loader: Loader) -> None:
+    """Let another module add a kind of model dir."""
     LOADERS[kind] = loader
 
 
 def load_encoder(model_dir: str | Path) -> Encoder:
     """Load any model dir written by imgrec into an `Encoder`.
 
-    :raise ModelDirError: the folder is not a valid model dir.
+    :raise ModelDirError: the folder is not a valid model dir (or of an unknown kind).
     """
     state_dict, config, fp = read_model_dir(model_dir)
-    kind = config.get("kind", "autoencoder")
-    if kind not in LOADERS:
-        _import_optional_kinds()
-    if kind not in LOADERS:
-        raise ValueError(f"{model_dir}: unknown model kind {kind!r}")
-    return LOADERS[kind](state_dict, config, fp)
-
-
-def _import_optional_kinds() -> None:
-    """Import modules that register more kinds (kept lazy: they pull heavy dependencies)."""
-    import importlib
-
-    for name in ("encoder.pretrained",):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
+    typed = parse_model_config(config, source=str(Path(model_dir) / "config.json"))
+    loader = LOADERS.get(typed.kind)
+    if loader is None:
+        raise ModelDirError(
+            f"{model_dir}: unknown model kind {typed.kind!r} (known: {', '.join(sorted(LOADERS))})"
+        )
+    if isinstance(loader, str):
+        module, attr = loader.split(":")
+        loader = getattr(importlib.import_module(module), attr)
+    from_dir = getattr(loader, "from_model_dir", None)  # kinds with files besides the weights
+    enc = from_dir(Path(model_dir), state_dict, config, fp) if from_dir else loader(state_dict, config, fp)
+    enc.model_dir = Path(model_dir)
+    return enc

@@ -6,29 +6,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 from torch import nn
 
-
-@dataclass
-class EncoderConfig:
-    arch: str = "conv-ae"  # one of MODELS
-    image_size: int = 64  # square input side, pixels
-    code_dim: int = 128  # simple-ae: code size; conv-ae: derived from filters and image size
-    filters: tuple[int, ...] = field(default=(16, 8, 8))  # conv-ae: channels of the 3 conv blocks
-    width: int = 16  # res-ae: channels of the first stage (doubling to 4x)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
-        known = {k: d[k] for k in ("arch", "image_size", "code_dim", "filters", "width") if k in d}
-        if "filters" in known:
-            known["filters"] = tuple(known["filters"])
-        return cls(**known)
+from encoder.config import EncoderConfig  # re-exported: the architecture's config
 
 
 class SimpleAE(nn.Module):

@@ -7,6 +7,8 @@ query is embedded exactly as the inventory was.
 from __future__ import annotations
 
 import io
+import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +20,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 EXIF_ORIENTATION = 0x0112
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000; larger images are refused, not decoded
+# A JPEG decoder passes over every block of the image once per scan, so scans x pixels is the work.
+# libjpeg's progressive scripts write 6 (grey) to 18 (CMYK) scans; libjpeg-turbo's own fuzz targets
+# stop at 500 scans for images of at most 1 megapixel. We accept up to 64 megapixels, hence 100.
+DEFAULT_MAX_SCANS = 100
 
 # A truncated file is an error here, never a half-grey picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -30,7 +36,8 @@ class ImageDecodeError(ValueError):
 
 
 class ImageTooLargeError(ValueError):
-    """The image declares more pixels than allowed (or is a decompression bomb)."""
+    """The image declares more pixels than allowed, is a decompression bomb, or would cost too much
+    work to decode (a JPEG with more scans than allowed)."""
 
     status = 422
 
@@ -45,15 +52,18 @@ def load_image(
     *,
     draft_size: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_scans: int = DEFAULT_MAX_SCANS,
 ) -> Image.Image:
     """Decode an image to upright RGB.
 
     `info["original_size"]` of the result is the upright full-size (width, height). EXIF orientation is applied; palette, grey, 16-bit, CMYK and alpha images become RGB (alpha is
     composited on white); only the first frame of an animation is read. With `draft_size`, JPEGs are
     decoded at a reduced scale no smaller than that size (much faster for thumbnails and models).
+    The work is bounded before decoding: by `max_pixels`, and for JPEGs by `max_scans` (counted by
+    walking the file's segments, `jpeg_scan_count`).
 
     :raise ImageDecodeError: the source is not a decodable image.
-    :raise ImageTooLargeError: the image has more than `max_pixels` pixels.
+    :raise ImageTooLargeError: the image has more than `max_pixels` pixels, or more than `max_scans` scans.
     """
     if isinstance(source, bytes):
         source = io.BytesIO(source)
@@ -66,6 +76,11 @@ def load_image(
                 if width * height > max_pixels:
                     raise ImageTooLargeError(
                         f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
+                    )
+                if img.format in ("JPEG", "MPO") and jpeg_scan_count(img.fp, max_scans) > max_scans:
+                    raise ImageTooLargeError(
+                        f"JPEG has more than {max_scans:,} scans, the limit "
+                        "(each scan is one more pass over the whole image)"
                     )
                 if draft_size and img.format == "JPEG":
                     img.draft("RGB", (draft_size, draft_size))
@@ -87,6 +102,52 @@ def load_image(
         if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError):
             raise
         raise ImageDecodeError(f"cannot decode image: {e}") from e
+
+
+_MARKER = re.compile(rb"\xff+([^\x00\xff])")  # a marker: 0xFF (fill 0xFFs), a code; FF 00 is stuffed data
+
+
+def jpeg_scan_count(fp: BinaryIO, stop_after: int) -> int:
+    """Start-of-scan markers in the JPEG file `fp`, counted up to `stop_after + 1` (the position is kept).
+
+    Walks the segments as a decoder does: a segment is skipped by its length, entropy-coded data and
+    bytes between segments by searching for the next marker. A damaged structure ends the count;
+    the decoder reports the damage.
+    """
+    start = fp.tell()
+    try:
+        fp.seek(0)
+        if fp.read(2) != b"\xff\xd8":  # SOI
+            return 0
+        scans = 0
+        while scans <= stop_after:
+            code = _next_marker(fp)
+            if code is None or code == 0xD9:  # the end, or EOI
+                break
+            if 0xD0 <= code <= 0xD8 or code == 0x01:  # RSTn, SOI, TEM: no length
+                continue
+            head = fp.read(2)
+            length = int.from_bytes(head, "big")
+            if len(head) < 2 or length < 2:
+                break
+            scans += code == 0xDA  # SOS
+            fp.seek(length - 2, os.SEEK_CUR)
+        return scans
+    finally:
+        fp.seek(start)
+
+
+def _next_marker(fp: BinaryIO, chunk: int = 4096) -> int | None:
+    """The code of the next marker at or after the position of `fp`; `fp` is left just after it."""
+    carry = b""
+    while data := fp.read(chunk):
+        data = carry + data
+        if m := _MARKER.search(data):
+            fp.seek(m.end() - len(data), os.SEEK_CUR)
+            return m.group(1)[0]
+        carry = b"\xff" if data.endswith(b"\xff") else b""  # a marker cut at the end of the chunk
+        chunk = min(chunk * 2, 1 << 20)
+    return None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -7,7 +7,6 @@ stop early when validation loss stops improving.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -19,11 +18,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from encoder.augment import corrupt, random_view
+from encoder.config import AutoencoderModelConfig, PretrainedModelConfig
+from encoder.images import find_images  # noqa: F401 - re-exported (callers import it from here)
 from encoder.model_dir import save_model_dir
 from encoder.models import EncoderConfig, build_model, code_dim
-from encoder.novelty import NOVELTY_KEY, novelty_reference
+from encoder.novelty import novelty_reference
 from encoder.plots import save_loss_curve, save_reconstructions
-from encoder.preprocess import ImageDecodeError, ImageTooLargeError, Preprocess, is_image_name, load_image
+from encoder.preprocess import ImageDecodeError, ImageTooLargeError, Preprocess, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class TrainConfig:
     min_delta: float = 1e-5  # smaller improvements do not count
     seed: int = 0
     max_images: int | None = None  # train on a random subset (None: all)
+    # pretrained presets only
+    runtime: str | None = None  # None: the preset's (onnx); "torch": eager, no graph (the pre-issue-11 path)
+    feature_cache: bool = True  # keep the extracted features in the model dir for `imgrec index`
 
 
 ARCH_DEFAULTS: dict[str, dict] = {
@@ -90,15 +94,7 @@ class TrainResult:
     seconds: float
     n_train: int
     n_val: int
-
-
-def find_images(root: str | Path) -> list[Path]:
-    """Every file with an image extension under `root`, recursively, in a stable order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f))
-    return found
+    fitted: PretrainedModelConfig | None = None  # pretrained presets: the config written
 
 
 def load_training_images(paths: list[Path], pre: Preprocess) -> np.ndarray:
@@ -114,22 +110,28 @@ def load_training_images(paths: list[Path], pre: Preprocess) -> np.ndarray:
     return np.stack(arrays)
 
 
+def is_pretrained(arch: str) -> bool:
+    """True for a pretrained preset (fitted: features then a reducer), False for an autoencoder (trained)."""
+    from encoder.pretrained import PRESETS
+
+    return arch in PRESETS
+
+
 def train(
     images_dir: str | Path,
     out_dir: str | Path,
     cfg: TrainConfig,
     progress: Callable[[int, float, float], None] | None = None,
+    on_stage: Callable[[str, int, int], None] | None = None,
 ) -> TrainResult:
     """Train `cfg.arch` on the images under `images_dir` and save it into `out_dir`.
 
-    Autoencoders train epoch by epoch; pretrained presets extract features and fit their reducer.
-    `progress(step, train_loss, val_loss)` is called up to `cfg.epochs` times (the CLI shows a bar);
-    for pretrained presets the steps are shares of the images done and the losses are NaN.
+    Autoencoders train epoch by epoch: `progress(epoch, train_loss, val_loss)` after each one.
+    Pretrained presets go through stages (export the graph, extract features, fit the reducer):
+    `on_stage(stage, done, total)` as they advance (encoder.fit).
     """
-    from encoder.pretrained import PRESETS
-
-    if cfg.arch in PRESETS:
-        return fit_reducer(images_dir, out_dir, cfg, progress)
+    if is_pretrained(cfg.arch):
+        return fit_reducer(images_dir, out_dir, cfg, on_stage)
     return train_autoencoder(images_dir, out_dir, cfg, progress)
 
 
@@ -145,31 +147,22 @@ def fit_reducer(
     images_dir: str | Path,
     out_dir: str | Path,
     cfg: TrainConfig,
-    progress: Callable[[int, float, float], None] | None = None,
+    on_stage: Callable[[str, int, int], None] | None = None,
 ) -> TrainResult:
     """A pretrained preset: backbone features of every image, a reducer fitted on them (no labels)."""
-    from encoder.pretrained import PRESETS, fit_pretrained
+    from encoder.fit import fit_pretrained
+    from encoder.pretrained import preset
 
     t0 = time.perf_counter()
-    preset = PRESETS[cfg.arch]
-    if cfg.image_size:
-        preset = replace(preset, image_size=cfg.image_size)
+    chosen = preset(cfg.arch, image_size=cfg.image_size, runtime=cfg.runtime)
     paths = select_images(images_dir, cfg.max_images, np.random.default_rng(cfg.seed))
     if not paths:
         raise ValueError(f"no images found under {images_dir}")
-    done, step = 0, 0
-
-    def on_images(n: int) -> None:  # images done -> up to cfg.epochs evenly spaced steps
-        nonlocal done, step
-        done += n
-        while progress and step < cfg.epochs and done * cfg.epochs >= (step + 1) * len(paths):
-            step += 1
-            progress(step, float("nan"), float("nan"))
-
     fp, config = fit_pretrained(
-        paths, out_dir, preset, cfg.arch, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=on_images
-    )
-    t = config["training"]
+        paths, out_dir, chosen, cfg.arch, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        feature_cache=cfg.feature_cache, on_stage=on_stage,
+    )  # fmt: skip
+    t = config.training
     val = t["val_error"] if t["val_error"] is not None else t["train_error"]
     return TrainResult(
         Path(out_dir),
@@ -180,6 +173,7 @@ def fit_reducer(
         time.perf_counter() - t0,
         t["images"] - t["n_val"],
         t["n_val"],
+        fitted=config,
     )
 
 
@@ -266,13 +260,12 @@ def train_autoencoder(
         ref = x_val if len(x_val) >= 20 else data  # (too few held out: all, slightly optimistic)
         errors = torch.cat([((model(xb) - xb) ** 2).flatten(1).mean(1) for xb in ref.split(256)])
     seconds = time.perf_counter() - t0
-    config = {
-        "kind": "autoencoder",
-        "model": model_cfg.to_dict(),
-        "preprocess": pre.to_dict(),
-        "code_dim": code_dim(model, image_size),
-        NOVELTY_KEY: novelty_reference(errors.numpy()),
-        "training": {
+    config = AutoencoderModelConfig(
+        model=model_cfg,
+        preprocess=pre,
+        code_dim=code_dim(model, image_size),
+        novelty_reference=novelty_reference(errors.numpy()),
+        training={
             "config": asdict(cfg),
             "images": len(data),
             "n_train": len(x_train),
@@ -283,7 +276,7 @@ def train_autoencoder(
             "val_losses": val_losses,
             "seconds": round(seconds, 2),
         },
-    }
+    )
     out_dir = Path(out_dir)
     fp = save_model_dir(out_dir, best_state, config)
     save_loss_curve(out_dir / "loss_curve.png", train_losses, val_losses, best_epoch)

@@ -45,28 +45,56 @@ def cli(verbose: int) -> None:
 @click.option("--epochs", type=int, default=None, help="Upper bound on epochs (early stopping ends sooner).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes training reproducible.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnx", "torch"]),
+    default=None,
+    help="Pretrained presets: onnx (default: the graph is exported now, run by onnxruntime) or torch "
+    "(eager, as before the graph existed; slower, for comparison).",
+)
+@click.option(
+    "--feature-cache/--no-feature-cache",
+    default=True,
+    show_default=True,
+    help="Pretrained presets: keep the extracted features in the model dir for `imgrec index`.",
+)
 def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) -> None:
     """Train an encoder, without labels, on a folder of images.
 
-    Writes weights (safetensors), config.json, FINGERPRINT, loss_curve.png and reconstructions.png.
+    Autoencoders train epoch by epoch and write model.safetensors, config.json, FINGERPRINT,
+    loss_curve.png and reconstructions.png. Pretrained presets (the default) export their trunks,
+    extract the features of every image and fit a reducer on them; they write model.safetensors (the
+    reducer), config.json, features.onnx (the trunks, run by onnxruntime), FINGERPRINT, and
+    features/ (the extracted features: `imgrec index` reuses them instead of decoding the same files).
 
     Example:
 
+        imgrec train --images shop/photos --out models/shop
+
         imgrec train --images shop/photos --model conv-ae --out models/conv
     """
+    from encoder.train import is_pretrained
     from encoder.train import train as run_train
 
     cfg = common.train_config(arch, overrides)
-    with common.epoch_bar(cfg.epochs) as on_epoch:
+    pretrained = is_pretrained(cfg.arch)
+    bars = common.stage_bars() if pretrained else common.epoch_bar(cfg.epochs)
+    with bars as callback:
         try:
-            result = run_train(images, out_dir, cfg, progress=on_epoch)
+            if pretrained:
+                result = run_train(images, out_dir, cfg, on_stage=callback)
+            else:
+                result = run_train(images, out_dir, cfg, progress=callback)
         except (ValueError, OSError) as e:
             raise click.ClickException(str(e)) from e
     click.echo(f"model {cfg.arch} -> {result.model_dir}  (fingerprint {result.fingerprint[:12]})")
-    click.echo(
-        f"{result.n_train} train / {result.n_val} validation images, best epoch {result.best_epoch}, "
-        f"validation loss {min(result.val_losses):.5f}, {result.seconds:.1f} s"
-    )
+    if result.fitted is not None:
+        common.echo_fitted(result)
+    else:
+        click.echo(
+            f"{result.n_train} train / {result.n_val} validation images, best epoch {result.best_epoch}, "
+            f"validation loss {min(result.val_losses):.5f}, {result.seconds:.1f} s"
+        )
 
 
 @cli.command()
@@ -113,6 +141,14 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     "--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for another indexer run."
 )
 @click.option(
+    "--merge-factor",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    envvar="IMGREC_MERGE_FACTOR",
+    help="Segments of one size tier merged into one (see docs/indexing.md, Compaction).",
+)
+@click.option(
     "--dask",
     "dask_address",
     default=None,
@@ -121,12 +157,19 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index(
-    inventory: str, model_dir: str, index_dir: str, as_json: bool, dask_address: str | None, **options: object
+    inventory: str,
+    model_dir: str,
+    index_dir: str,
+    as_json: bool,
+    dask_address: str | None,
+    merge_factor: int,
+    **options: object,
 ) -> None:
     """Embed every image of an inventory folder into a FAISS + SQLite index (or update it).
 
     Re-running on a changed folder adds, re-embeds and deletes only what changed, and publishes
-    a new generation; readers never see a half-written index.
+    a new generation (one new small segment); readers never see a half-written index. A failed
+    write (disk full) publishes nothing and exits with code 74.
 
     Example:
 
@@ -136,9 +179,12 @@ def index(
     """
     from contextlib import nullcontext
 
-    from indexer import IndexOptions, run_index
+    from indexer import IndexOptions, StorageWriteError, run_index
+    from indexer.compaction import MergePolicy
 
-    opts = IndexOptions(**{k: v for k, v in options.items() if v is not None})
+    opts = IndexOptions(
+        **{k: v for k, v in options.items() if v is not None}, merge_policy=MergePolicy(factor=merge_factor)
+    )
     with common.file_bar() as (on_total, on_progress):
         try:
             with _dask_embedder(dask_address, model_dir) if dask_address else nullcontext() as embedder:
@@ -146,6 +192,8 @@ def index(
                     inventory, model_dir, index_dir, opts,
                     embedder=embedder, on_total=on_total, on_progress=on_progress,
                 )  # fmt: skip
+        except StorageWriteError as e:
+            raise common.StorageFailure(e) from e
         except (*common.EXPECTED_ERRORS, OSError) as e:
             raise click.ClickException(str(e)) from e
     if as_json:
@@ -223,10 +271,11 @@ def demo(out_dir: str, seed: int) -> None:
 
 
 # --- commands registered from their own modules (one line each) ---
-from imgrec.commands.maintenance import rollback, status  # noqa: E402
+from imgrec.commands.maintenance import compact, rollback, status  # noqa: E402
 
 cli.add_command(status)
 cli.add_command(rollback)
+cli.add_command(compact)
 
 from imgrec.commands.serve import serve  # noqa: E402
 

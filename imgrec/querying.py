@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from encoder import ImageDecodeError, ImageTooLargeError, load_image
-from encoder.train import find_images
+from encoder.images import find_images
 from indexer import Hit, Snapshot, open_snapshot
 
 

@@ -54,11 +54,15 @@ def default_nprobe(nlist: int) -> int:
     return max(1, min(nlist, math.ceil(math.sqrt(nlist))))
 
 
-def build_ann(d: int, metric: str, index_type: str, xt: np.ndarray | None) -> faiss.Index:
+def build_ann(
+    d: int, metric: str, index_type: str, xt: np.ndarray | None, n_total: int | None = None
+) -> faiss.Index:
     """An empty approximate index of `index_type`, trained (if it needs it) on a sample of `xt`.
 
     `xt` holds raw vectors; they are prepared for `metric` (normalised for cosine) before training.
-    With no training vectors at all, an IVF index gets a single list (exact, like flat) until rebuilt.
+    `n_total`: how many vectors the index will hold, when `xt` is only a sample of them (the number
+    of IVF lists follows it). With no training vectors at all, an IVF index gets a single list
+    (exact, like flat).
     """
     from indexer.faiss_index import faiss_metric, prepare
 
@@ -75,7 +79,7 @@ def build_ann(d: int, metric: str, index_type: str, xt: np.ndarray | None) -> fa
         raise ValueError(f"training vectors have dimension {xt.shape[1]}, the index {d}")
     if not len(xt):  # nothing to train on: one list holding everything, trained on the origin
         xt = np.zeros((1, d), np.float32)
-    nlist = nlist_for(len(xt))
+    nlist = min(nlist_for(max(len(xt), n_total or 0)), max(1, len(xt) // MIN_POINTS_PER_LIST))
     index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss_metric(metric))
     sample = xt
     if len(xt) > TRAIN_POINTS_PER_LIST * nlist:

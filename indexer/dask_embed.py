@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoder.model_dir import CONFIG, FINGERPRINT, WEIGHTS
+from encoder.model_dir import model_files
 from indexer.ingest import Decoded, EmbeddedBatch, IngestLimits, decode_file
 from indexer.scan import ScannedFile
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARTITION_SIZE = 256  # files per task
-MODEL_FILES = (WEIGHTS, CONFIG, FINGERPRINT)  # what defines a model dir
 PICKLED = "__pickled_encoder__"
 RETRIES = 3  # re-runs of a task that raised (a dead worker's tasks are rescheduled regardless)
 
@@ -165,7 +164,7 @@ class DaskEmbedder:
                     f"{self.model_dir} is not the model being indexed with (fingerprints differ)"
                 )
             root = Path(self.model_dir)
-            return {name: (root / name).read_bytes() for name in MODEL_FILES if (root / name).is_file()}
+            return {name: (root / name).read_bytes() for name in model_files(root)}  # graphs included
         try:
             return {PICKLED: pickle.dumps(encoder)}
         except (TypeError, pickle.PicklingError) as e:

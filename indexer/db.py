@@ -1,11 +1,14 @@
 """The index's SQLite catalog: ORM models and opening a database (migrated by Alembic).
 
 Tables
-    items               one row per inventory image ever indexed; ids are the FAISS ids
-    generations         one row per published FAISS file, with how it was built
-    generation_changes  what each generation added, updated or deleted (for rollback)
-    ledger              one row per file seen in the inventory: its last outcome and why
-    index_state         a single row pointing at the current generation (the commit point)
+    items                one row per inventory image ever indexed; ids are the FAISS ids
+    segments             one row per immutable segment file (FAISS), with its size and checksums
+    generations          one row per published generation, with how it was built and its summary
+    generation_segments  the segments of each generation, each with its deletion set
+    generation_changes   what each generation added, updated or deleted (for rollback)
+    ledger               one row per file seen in the inventory: its last outcome and why
+    folders              per folder, a digest of its files as last settled (a no-change shortcut)
+    index_state          a single row pointing at the current generation (the commit point)
 """
 
 from __future__ import annotations
@@ -17,7 +20,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, MetaData, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -53,20 +67,40 @@ class Item(Base):
     height: Mapped[int] = mapped_column(Integer)
     added_generation: Mapped[int] = mapped_column(Integer)
     deleted_generation: Mapped[int | None] = mapped_column(Integer, index=True)  # None while live
+    segment_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the segment of its live vector
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class Segment(Base):
+    """An immutable FAISS file (`IndexIDMap2`, ids = item ids) that generations are made of."""
+
+    __tablename__ = "segments"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids (and so file names) are never reused
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file: Mapped[str] = mapped_column(String)  # relative to the index dir
+    item_count: Mapped[int] = mapped_column(Integer)  # vectors in the file (live or masked)
+    dim: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(16))  # l2 | cosine
+    index_type: Mapped[str] = mapped_column(String(16))  # flat | ivf | hnsw
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the file's bytes, computed while writing
+    ids_sha256: Mapped[str] = mapped_column(String(64))  # over the sorted int64 ids in the file
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Generation(Base):
-    """A published FAISS file and the record of how it was built."""
+    """A published generation: a list of segments with deletion sets, and how it was built."""
 
     __tablename__ = "generations"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    status: Mapped[str] = mapped_column(String(16))  # current | kept | pruned | rolled_back
-    faiss_file: Mapped[str] = mapped_column(String)  # relative to the index dir
+    status: Mapped[str] = mapped_column(String(16))  # current | kept | superseded | pruned | rolled_back
+    faiss_file: Mapped[str] = mapped_column(String)  # schema 0001 only (one file per generation); else ""
     item_count: Mapped[int] = mapped_column(Integer)
-    ids_sha256: Mapped[str] = mapped_column(String(64))  # over the sorted int64 FAISS ids
+    ids_sha256: Mapped[str] = mapped_column(String(64))  # schema 0001 only: sorted FAISS ids; else ""
+    ids_checksum: Mapped[str | None] = mapped_column(String(16))  # segments.ids_checksum of the live ids
     model_fingerprint: Mapped[str] = mapped_column(String(64))
     model_config: Mapped[dict[str, Any]] = mapped_column(JSON)
     dim: Mapped[int] = mapped_column(Integer)
@@ -76,7 +110,19 @@ class Generation(Base):
     parent_id: Mapped[int | None] = mapped_column(Integer)  # the generation this one was built from
     run_summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     eval_figures: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # written by `imgrec eval`
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {"labels": {label: live items}}
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class GenerationSegment(Base):
+    """One segment of one generation, and the item ids masked in it (deleted or re-embedded since)."""
+
+    __tablename__ = "generation_segments"
+
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id"), primary_key=True)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"), primary_key=True, index=True)
+    deleted: Mapped[bytes] = mapped_column(LargeBinary)  # sorted little-endian int64 item ids
+    n_deleted: Mapped[int] = mapped_column(Integer)
 
 
 class GenerationChange(Base):
@@ -107,6 +153,21 @@ class LedgerEntry(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class Folder(Base):
+    """A folder of the inventory whose files were all settled by a run, as that run scanned them.
+
+    When a later scan of the folder's own files gives the same `digest`, none of them changed:
+    the plan counts them without reading their ledger rows.
+    """
+
+    __tablename__ = "folders"
+
+    path: Mapped[str] = mapped_column(String, primary_key=True)  # relative, '/'-terminated; "" = root
+    digest: Mapped[str] = mapped_column(String(32))  # plan.folder_digest of its files' names and stats
+    live: Mapped[int] = mapped_column(Integer)  # its files that are live items
+    skipped: Mapped[int] = mapped_column(Integer)  # its files skipped (and still so while unchanged)
+
+
 class IndexState(Base):
     """A single row: which generation readers should open."""
 
@@ -118,20 +179,24 @@ class IndexState(Base):
 
 
 DATABASE_FILE = "catalog.sqlite"
+WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL file is cut back to when SQLite resets it
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024  # SQLite's auto-checkpoint: a WAL reaches about this before it
 
 
 def database_url(index_dir: str | Path) -> str:
     return f"sqlite:///{Path(index_dir).resolve() / DATABASE_FILE}"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with WAL journaling and synchronous=FULL on every connection."""
-    engine = create_engine(url, connect_args={"timeout": 30})
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with WAL journaling and synchronous=FULL on every connection (`kwargs`: for
+    `create_engine`, e.g. `poolclass=NullPool`)."""
+    engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):  # noqa: ANN001
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # a big merge's WAL does not stay
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

@@ -30,15 +30,10 @@ class DuplicateGroup:
     min_score: float  # the weakest link inside the group (similarity, or largest distance for l2)
 
 
-def stored_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of every item of an `IndexIDMap2`, in storage order."""
-    ids = faiss_index.ids_of(index)
-    inner = faiss.downcast_index(index.index)
-    try:
-        xb = inner.reconstruct_n(0, inner.ntotal)
-    except RuntimeError:  # types without direct reconstruction by position
-        xb = faiss_index.vectors_of(index, ids)
-    return ids, np.ascontiguousarray(xb, np.float32)
+def stored_vectors(snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of every item of a snapshot, in id order."""
+    ids = snapshot.live_ids()
+    return ids, np.ascontiguousarray(snapshot.vectors(ids), np.float32)
 
 
 def duplicate_pairs(
@@ -88,7 +83,7 @@ def find_duplicates(snapshot: Snapshot, threshold: float | None = None) -> list[
         threshold = DEFAULT_COSINE_THRESHOLD
     if metric == "cosine" and not -1.0 <= threshold <= 1.0:
         raise ValueError(f"a cosine threshold must be in [-1, 1], got {threshold}")
-    ids, xb = stored_vectors(snapshot.index)
+    ids, xb = stored_vectors(snapshot)
     if not len(ids):
         return []
     i, j, score = duplicate_pairs(xb, metric, threshold)

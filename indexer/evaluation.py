@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from encoder import Encoder, ImageDecodeError, ImageTooLargeError, Preprocess, load_image
-from encoder.train import find_images
+from encoder.images import find_images
 from indexer import faiss_index
 from indexer.db import Generation, Item, open_database
 from indexer.store import Snapshot, open_snapshot
@@ -267,8 +267,9 @@ def _evaluate(
         "metric": snap.generation.metric,
         "encoder": {
             "fingerprint": encoder.fingerprint,
-            "kind": encoder.kind,
-            "name": _model_name(encoder.config),
+            "kind": encoder.model_config.kind,
+            "name": encoder.model_config.name,
+            "arch": encoder.model_config.arch,
             "dim": encoder.dim,
         },
         "metrics": mean_metrics(per_query),
@@ -348,13 +349,8 @@ def _novelty_percentile(encoder: Encoder, x: np.ndarray) -> float | None:
     return None if values is None else float(values[0])
 
 
-def _model_name(config: dict) -> str:
-    return str(config.get("name") or config.get("model", {}).get("arch") or config.get("kind", "?"))
-
-
 def _index_bytes(snap: Snapshot) -> int | None:
-    path = snap.index_dir / snap.generation.faiss_file
-    return path.stat().st_size if path.is_file() else None
+    return snap.index_bytes
 
 
 def _ms(seconds: float) -> float:

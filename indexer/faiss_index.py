@@ -40,8 +40,11 @@ def faiss_metric(metric: str) -> int:
     return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
 
 
-def build_index(d: int, metric: str, index_type: str = "flat", xt: np.ndarray | None = None) -> faiss.Index:
-    """An empty `IndexIDMap2` of the given type; approximate types are trained on `xt`."""
+def build_index(
+    d: int, metric: str, index_type: str = "flat", xt: np.ndarray | None = None, n_train: int | None = None
+) -> faiss.Index:
+    """An empty `IndexIDMap2` of the given type; approximate types are trained on `xt` (a sample
+    of `n_train` vectors when given: ivf sizes its lists for the whole set)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
     if index_type == "flat":
@@ -49,7 +52,7 @@ def build_index(d: int, metric: str, index_type: str = "flat", xt: np.ndarray | 
     else:
         from indexer.ann import build_ann
 
-        inner = build_ann(d, metric, index_type, xt)
+        inner = build_ann(d, metric, index_type, xt, n_total=n_train)
     return faiss.IndexIDMap2(inner)
 
 
@@ -116,18 +119,37 @@ def vectors_of(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     return np.stack([index.reconstruct(int(i)) for i in ids])
 
 
-def write_index_atomic(index: faiss.Index, path: str | Path) -> None:
-    """Write to a temporary name, fsync, rename into place, fsync the directory."""
+def write_index_atomic(index: faiss.Index, path: str | Path) -> tuple[int, str]:
+    """Write to a temporary name, fsync, rename into place, fsync the directory; every step checked.
+
+    FAISS writes through `faiss.PyCallbackIOWriter` into a Python file object, so a failed write
+    (ENOSPC, EIO) raises OSError here instead of being printed by FAISS and ignored. Returns the
+    file's size and the sha256 of its bytes (hashed while writing). On failure the temporary file
+    is removed and the error raised.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    fd = os.open(tmp, os.O_RDONLY)
+    h = hashlib.sha256()
+    size = 0
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        with open(tmp, "wb") as f:
+
+            def write(chunk: bytes) -> int:
+                nonlocal size
+                f.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                return len(chunk)
+
+            faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return size, h.hexdigest()
 
 
 def fsync_dir(path: str | Path) -> None:

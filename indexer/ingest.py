@@ -24,21 +24,22 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-import torch
 
 from encoder import Encoder, ImageDecodeError, ImageTooLargeError, Preprocess, load_image
-from encoder.preprocess import DEFAULT_MAX_PIXELS
+from encoder.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS
 from indexer.scan import ScannedFile
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
+FeatureLookup = Callable[[str], "tuple[np.ndarray, int, int] | None"]  # sha256 -> (features, width, height)
 
 
 @dataclass
 class IngestLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images declaring more pixels are skipped
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # larger files are skipped unread
+    max_scans: int = DEFAULT_MAX_SCANS  # JPEGs with more scans are skipped undecoded (work per image)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Decoded:
     outcome: str  # ok | skipped (permanent: not an image, too large) | failed (I/O, may pass next time)
     reason: str | None = None
     pixels: np.ndarray | None = field(default=None, repr=False)  # uint8 (S, S, 3)
+    features: np.ndarray | None = field(default=None, repr=False)  # (C,) from the feature cache: no decode
     sha256: str | None = None
     size: int | None = None
     mtime_ns: int | None = None
@@ -56,8 +58,17 @@ class Decoded:
     height: int = 0
 
 
-def decode_file(file: ScannedFile, pre: Preprocess, limits: IngestLimits | None = None) -> Decoded:
-    """Read, hash and decode one file; any failure becomes an outcome with a reason."""
+def decode_file(
+    file: ScannedFile,
+    pre: Preprocess,
+    limits: IngestLimits | None = None,
+    cached: FeatureLookup | None = None,
+) -> Decoded:
+    """Read, hash and decode one file; any failure becomes an outcome with a reason.
+
+    With `cached` (the encoder's feature cache, `FeatureCache.get`), a file whose sha256 is cached
+    is not decoded: its features and size come from the cache.
+    """
     limits = limits or IngestLimits()
     if not file.usable:
         return Decoded(file, "skipped", file.reason)
@@ -88,8 +99,16 @@ def decode_file(file: ScannedFile, pre: Preprocess, limits: IngestLimits | None 
     result = Decoded(
         file, "ok", sha256=hashlib.sha256(data).hexdigest(), size=after.st_size, mtime_ns=after.st_mtime_ns
     )
+    if cached is not None and (hit := cached(result.sha256)) is not None:
+        result.features, result.width, result.height = hit
+        return result
     try:
-        img = load_image(io.BytesIO(data), draft_size=pre.image_size, max_pixels=limits.max_pixels)
+        img = load_image(
+            io.BytesIO(data),
+            draft_size=pre.image_size,
+            max_pixels=limits.max_pixels,
+            max_scans=limits.max_scans,
+        )
         result.pixels = pre.to_uint8(img)
         result.width, result.height = img.info["original_size"]
     except (ImageDecodeError, ImageTooLargeError) as e:
@@ -119,6 +138,8 @@ def available_cores() -> int:
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[int]:
     """Run the block with torch using `n` intra-op threads (None: all cores), then restore."""
+    import torch
+
     before = torch.get_num_threads()
     n = max(1, n or available_cores())
     if n != before:
@@ -151,6 +172,8 @@ def embed_files(
     `on_decoded` is called for every file, in input order, on the caller's thread.
     """
     pre = encoder.preprocess
+    cache = encoder.feature_cache  # loaded here, once, before the decoding threads look into it
+    cached = cache.get if cache is not None else None
     ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
 
@@ -165,7 +188,7 @@ def embed_files(
 
     def produce() -> None:
         try:
-            with closing(_decoded_batches(files, pre, limits, batch_size, workers, stop)) as batches:
+            with closing(_decoded_batches(files, pre, limits, batch_size, workers, stop, cached)) as batches:
                 for batch in batches:
                     if not put(batch):
                         return
@@ -176,7 +199,7 @@ def embed_files(
     producer = threading.Thread(target=produce, name="embed-producer", daemon=True)
     cores = available_cores()
     tuner = ThreadTuner([1, cores] if threads is None and cores > 1 else [threads or cores])
-    with torch_threads(tuner.next()):
+    with _encoder_threads(encoder, tuner.next()):
         producer.start()
         try:
             t = time.perf_counter()
@@ -187,9 +210,8 @@ def embed_files(
                     for d in item.in_order:
                         on_decoded(d)
                 n_threads = tuner.next()
-                if torch.get_num_threads() != n_threads:
-                    torch.set_num_threads(n_threads)
-                vectors = encoder.embed(item.x) if item.ok else np.zeros((0, encoder.dim), np.float32)
+                encoder.set_threads(n_threads)
+                vectors = _embed_batch(encoder, item)
                 yield EmbeddedBatch(item.ok, vectors, item.rejected)
                 now = time.perf_counter()
                 tuner.record(n_threads, len(item.in_order), now - t)  # one cycle: wait, embed, caller
@@ -198,6 +220,31 @@ def embed_files(
             stop.set()
             producer.join()
     logger.debug("embed_files: torch threads %s", tuner.summary())
+
+
+@contextmanager
+def _encoder_threads(encoder: Encoder, n: int) -> Iterator[None]:
+    """Run the block with the encoder on `n` compute threads, then restore its setting."""
+    before = encoder.get_threads()
+    encoder.set_threads(n)
+    try:
+        yield
+    finally:
+        encoder.set_threads(before)
+
+
+def _embed_batch(encoder: Encoder, item: _ReadyBatch) -> np.ndarray:
+    """Vectors of a batch's ok files: a forward pass for the decoded ones, the reducer for cached features."""
+    vectors = np.zeros((len(item.ok), encoder.dim), np.float32)
+    fresh = [i for i, d in enumerate(item.ok) if d.features is None]
+    if item.x is not None:
+        vectors[fresh] = encoder.embed(item.x)
+    if len(fresh) < len(item.ok):
+        known = [i for i, d in enumerate(item.ok) if d.features is not None]
+        vectors[known] = encoder.embed_features(np.stack([item.ok[i].features for i in known]))
+        for i in known:
+            item.ok[i].features = None  # free memory as soon as embedded
+    return vectors
 
 
 class ThreadTuner:
@@ -248,7 +295,7 @@ class ThreadTuner:
 
 @dataclass
 class _ReadyBatch:
-    """Files of one batch, decoded; `x` is the normalised (B, 3, S, S) input of `ok`."""
+    """Files of one batch, decoded; `x` is the normalised (B, 3, S, S) input of the `ok` files not cached."""
 
     ok: list[Decoded]
     rejected: list[Decoded]
@@ -271,13 +318,15 @@ def _decoded_batches(
     batch_size: int,
     workers: int,
     stop: threading.Event,
+    cached: FeatureLookup | None = None,
 ) -> Iterator[_ReadyBatch]:
     """Decode on a thread pool, in input order, grouped into batches ready for the encoder."""
 
     def ready(in_order: list[Decoded]) -> _ReadyBatch:
         ok = [d for d in in_order if d.outcome == "ok"]
         rejected = [d for d in in_order if d.outcome != "ok"]
-        x = pre.normalize(np.stack([d.pixels for d in ok])) if ok else None  # (B, 3, S, S)
+        decoded = [d.pixels for d in ok if d.pixels is not None]
+        x = pre.normalize(np.stack(decoded)) if decoded else None  # (B', 3, S, S): the files not cached
         for d in ok:
             d.pixels = None  # free memory as soon as batched
         return _ReadyBatch(ok, rejected, in_order, x)
@@ -286,7 +335,7 @@ def _decoded_batches(
     n_ok = 0
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
     try:
-        decode = partial(decode_file, pre=pre, limits=limits)
+        decode = partial(decode_file, pre=pre, limits=limits, cached=cached)
         for decoded in _ordered_map(pool, decode, files, ahead=2 * batch_size + 2 * workers):
             if stop.is_set():
                 return

@@ -1,54 +1,51 @@
-"""The index job: scan the inventory, embed what changed, publish a new generation.
+"""The index job: scan the inventory, embed what changed, publish a new generation, compact.
 
     run_index(inventory, model_dir, index_dir)  ->  JobSummary
 
-Only this module (with `generations`) writes to an index dir. The work is: lock, migrate, clean
-orphans, plan against the ledger, embed (locally or through a pluggable `embedder`, e.g. Dask),
-then publish in one SQLite transaction per checkpoint.
+Only this module (with `publish`, `compaction` and `generations`) writes to an index dir. The
+work is: lock, migrate, clean orphans, stream the scan against the ledger (a merge-join in path
+order: memory holds only what changed), embed (locally or through a pluggable `embedder`, e.g.
+Dask), publish one generation per checkpoint (each adds one small segment), merge segments by
+the size-tiered policy, prune.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
-import numpy as np
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from encoder import Encoder, load_encoder
 from encoder.model_dir import copy_model_dir, read_model_dir
-from indexer import faiss_index
-from indexer.db import Generation, GenerationChange, Item, LedgerEntry, open_database, utcnow
-from indexer.generations import (
-    cleanup_orphans,
-    current_generation,
-    generation_path,
-    index_lock,
-    make_current,
-    prune,
-)
-from indexer.ingest import Decoded, EmbeddedBatch, IngestLimits, embed_files
-from indexer.plan import Plan, make_plan
-from indexer.scan import ScannedFile, scan_inventory
+from indexer import folders
+from indexer.compaction import MergePolicy, compact
+from indexer.db import DATABASE_FILE, Generation, open_database
+from indexer.generations import cleanup_orphans, current_generation, index_lock, prune
+from indexer.ingest import EmbeddedBatch, IngestLimits
+from indexer.ledger import item_sha256, ledger_joined_with_items
+from indexer.plan import Plan, folder_digest, make_plan, resolve_touches
+from indexer.plan_workers import available_cores, plan_in_parallel, plan_range
+from indexer.publish import BuildSettings, Publisher
+from indexer.scan import scan_folders
+from indexer.segments import StorageWriteError
+from indexer.store import current_generation_id
 
 logger = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
-ROLLBACK_FIELDS = ("sha256", "size", "mtime_ns", "width", "height")
-LEDGER_COLUMNS = (
-    LedgerEntry.path,
-    LedgerEntry.state,
-    LedgerEntry.reason,
-    LedgerEntry.size,
-    LedgerEntry.mtime_ns,
-)
+PARALLEL_PLAN_ITEMS = 50_000  # from this many live items a no-change scan is worth splitting
+MAX_PLAN_WORKERS = 8
+FULL_BELOW_BYTES = 1 << 20  # an I/O error with less free space than this is taken for a full disk
 Embedder = Callable[..., Iterator[EmbeddedBatch]]
 
 
@@ -66,6 +63,10 @@ class IndexOptions:
     keep_generations: int = 3  # generations whose files are kept for rollback (current included)
     checkpoint_every: int = 5000  # publish a generation after this many embedded files
     wait_for_lock: float = 0.0  # seconds to wait for another run to finish
+    compact: bool = True  # merge segments by the size-tiered policy after publishing
+    plan_workers: int | None = None  # processes comparing the folder with the ledger; None: the cores,
+    # from PARALLEL_PLAN_ITEMS live items (below, one)
+    merge_policy: MergePolicy = field(default_factory=MergePolicy)
     limits: IngestLimits = field(default_factory=IngestLimits)
 
 
@@ -79,9 +80,11 @@ class JobSummary:
     failed: int = 0  # could not be read this time (retried next run)
     decoded: int = 0  # files actually read and decoded
     generation_id: int | None = None  # the generation current after the run
-    published: list[int] = field(default_factory=list)  # generations this run published
+    published: list[int] = field(default_factory=list)  # generations this run published (merges too)
+    merged: int = 0  # merges (compactions) this run published
     seconds: float = 0.0
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped or failed now
+    warnings: list[str] = field(default_factory=list)  # e.g. a compaction skipped for lack of space
 
     def as_dict(self) -> dict:
         d = self.__dict__.copy()
@@ -103,6 +106,8 @@ def run_index(
 
     :raise ModelMismatchError: the index was built with another model/metric and `full` is off.
     :raise IndexLockedError: another run holds the index.
+    :raise StorageWriteError: a file could not be written (disk full...); the generation current
+        before the failed publish stays current.
     """
     opts = options or IndexOptions()
     for name in ("batch_size", "keep_generations", "checkpoint_every"):
@@ -111,56 +116,180 @@ def run_index(
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     inventory_root = str(Path(inventory).resolve())
-    with index_lock(index_dir, wait=opts.wait_for_lock), _catalog(index_dir) as engine:
+    with (
+        index_lock(index_dir, wait=opts.wait_for_lock),
+        disk_full_is_clear(index_dir),
+        _catalog(index_dir) as engine,
+    ):
         cleanup_orphans(index_dir, engine)
         _, _, fingerprint = read_model_dir(model_dir)  # checked now; the model is loaded only if needed
         with Session(engine) as session:
             cur = current_generation(session)
             metric, index_type = _settings(cur, fingerprint, opts)
-            # plain rows, not ORM objects: a no-change run over many files is dominated by this
-            ledger = {e.path: e for e in session.execute(select(*LEDGER_COLUMNS))}
-            live = select(Item.id, Item.path, Item.sha256).where(Item.deleted_generation.is_(None))
-            items = {i.path: i for i in session.execute(live)}
-            base_file = index_dir / cur.faiss_file if cur is not None else None
-            parent_id = cur.id if cur is not None else None
-        scanned = list(scan_inventory(inventory))
-        plan = make_plan(scanned, ledger, items, full=opts.full)
+            parent_id, live_count = (cur.id, cur.item_count) if cur is not None else (None, 0)
+        workers = opts.plan_workers or (
+            min(MAX_PLAN_WORKERS, available_cores()) if live_count >= PARALLEL_PLAN_ITEMS else 1
+        )
+        plan = plan_changes(engine, index_dir, inventory, opts.full, live_count, workers)
         summary = JobSummary(unchanged=plan.unchanged, skipped=plan.still_skipped)
         if on_total:
             on_total(len(plan.embed))
         if not plan.changes_anything and not (opts.full and cur is not None):
+            settle_folders(engine, plan)  # compared and unchanged: settled as they are
             prune(index_dir, engine, opts.keep_generations)
             summary.generation_id = parent_id
             summary.seconds = time.perf_counter() - t0
             return summary
 
+        from encoder import load_encoder  # torch work only when something changed
+        from indexer.ingest import embed_files
+
         encoder = load_encoder(model_dir)
         copy_model_dir(model_dir, index_dir / MODELS_DIR / encoder.fingerprint)
-        # a new or rebuilt index is created at the first publish (approximate types train on its vectors)
-        index = None if opts.full or base_file is None else faiss_index.read_index(base_file)
-
-        publisher = _Publisher(
-            index_dir, engine, encoder, metric, index_type, inventory_root, parent_id, index, summary
-        )
+        settings = BuildSettings(metric, index_type, opts.merge_policy.ann_min_items)
+        rebuild = opts.full and cur is not None
+        publisher = Publisher(
+            index_dir, engine, encoder, settings, inventory_root, parent_id, summary,
+            rebuild=rebuild, record_changes=cur is not None,
+        )  # fmt: skip
         run = embedder or embed_files
         # A rebuild of a live index publishes once at the end; otherwise every checkpoint is a generation.
-        checkpoint = opts.checkpoint_every if not (opts.full and cur is not None) else None
-        publisher.stage_plan(plan, items, full=opts.full)
+        checkpoint = None if rebuild else opts.checkpoint_every
+        publisher.stage_plan(plan, plan.live_at_path)
+        publisher.before_first_commit = lambda session: forget_folders(session, plan)
+        files, plan.embed = plan.embed, []
         for batch in run(
-            plan.embed, encoder, batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits
+            files, encoder, batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits
         ):
             summary.decoded += len(batch.ok) + sum(1 for d in batch.rejected if d.sha256 is not None)
             publisher.stage_batch(batch)
             if on_progress:
                 on_progress(len(batch.ok) + len(batch.rejected))
             if checkpoint and publisher.staged_embeddings >= checkpoint:
-                publisher.publish()
-        if publisher.has_staged() or (opts.full and cur is not None):
-            publisher.publish()
+                _publish_and_tidy(publisher, opts, summary)
+        if publisher.has_staged() or rebuild:
+            _publish_and_tidy(publisher, opts, summary, final=True)
+        settle_folders(engine, plan)
         prune(index_dir, engine, opts.keep_generations)
         summary.generation_id = summary.published[-1] if summary.published else parent_id
         summary.seconds = time.perf_counter() - t0
         return summary
+
+
+def _publish_and_tidy(
+    publisher: Publisher, opts: IndexOptions, summary: JobSummary, final: bool = False
+) -> None:
+    """Publish the staged changes, merge segments by the policy, and free what is no longer listed.
+
+    During a run, earlier checkpoints are superseded at once, so a first build never holds more
+    than its live segments plus one merge's output on disk.
+    """
+    publisher.publish()
+    if opts.compact:
+        try:
+            merged = compact(publisher.index_dir, publisher.engine, opts.merge_policy, summary=summary)
+        except StorageWriteError as e:  # the publish stands; merging waits for space
+            summary.warnings.append(f"compaction skipped: {e.strerror}")
+            logger.warning("compaction skipped: %s", e.strerror)
+            merged = []
+        if merged:
+            publisher.parent_id = merged[-1]
+    prune(publisher.index_dir, publisher.engine, opts.keep_generations)
+
+
+def plan_changes(
+    engine: Engine, index_dir: Path, inventory: str | Path, full: bool, live_count: int, workers: int = 1
+) -> Plan:
+    """Compare the folder with the catalog, folder by folder (settled, unchanged folders cost their
+    `stat`s only), in `workers` processes when more than one. If the ledger's live items disagree
+    with the current generation's count, plan again against the ledger joined with the items
+    (slower, thorough) and forget every settled folder."""
+    catalog = index_dir / DATABASE_FILE
+    plan = plan_in_parallel(inventory, catalog, full, workers) if workers > 1 else None
+    if plan is None:
+        plan = plan_range(inventory, catalog, None, None, full)
+    if plan.ledger_live != live_count:
+        logger.warning(
+            "the ledger records %d live items, the current generation %d: checking against the items",
+            plan.ledger_live, live_count,
+        )  # fmt: skip
+        digests, files = {}, []
+        for prefix, own in scan_folders(inventory):
+            digests[prefix] = folder_digest(own)
+            files += own
+        files.sort(key=lambda f: f.rel_path)
+        plan = make_plan(files, ledger_joined_with_items(engine), full=full)
+        plan.thorough, plan.settle = True, digests  # every folder compared: all settle afterwards
+    resolve_touches(plan, lambda ids: item_sha256(engine, ids))
+    return plan
+
+
+def forget_folders(session: Session, plan: Plan) -> None:
+    """In the run's first transaction: the folders it compares (or lost) are no longer settled."""
+    db = session.connection().connection.dbapi_connection
+    if plan.thorough:
+        folders.forget_all(db)
+    elif plan.settle or plan.vanished:
+        folders.forget(db, [*plan.settle, *plan.vanished])
+
+
+def settle_folders(engine: Engine, plan: Plan) -> None:
+    """After the run's last publish: record the folders it compared, as the ledger now has them."""
+    if not plan.settle:
+        return
+    with Session(engine) as session, session.begin():
+        n = folders.settle(session.connection().connection.dbapi_connection, plan.settle)
+    logger.info("settled %d of %d compared folders", n, len(plan.settle))
+
+
+@contextmanager
+def disk_full_is_clear(index_dir: Path) -> Iterator[None]:
+    """Turn any failure caused by a full disk into one `StorageWriteError` that says what stays.
+
+    Publishes and merges already say which segment failed. This catches the rest: the model copy,
+    and SQLite, which reports "database or disk is full", or "disk I/O error" when it cannot even
+    create its shared-memory file to open the catalog.
+    """
+    try:
+        yield
+    except StorageWriteError:
+        raise
+    except (OSError, OperationalError) as e:
+        if not _disk_full(e, index_dir):
+            raise
+        where = "writing the index"
+        if isinstance(e, OperationalError):
+            where = "opening the catalog" if "i/o error" in str(e.orig).lower() else "writing the catalog"
+        raise StorageWriteError(errno.ENOSPC, f"disk full while {where}: {_stays_current(index_dir)}") from e
+
+
+def _disk_full(e: BaseException, index_dir: Path) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(getattr(e, "orig", e)).lower()
+    if "full" in text:
+        return True
+    try:
+        st = os.statvfs(index_dir)
+    except OSError:
+        return False
+    return "i/o error" in text and st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
+
+
+def _stays_current(index_dir: Path) -> str:
+    """Which generation readers keep: read through SQLite, or when it cannot open the catalog (a
+    full disk leaves no room for its WAL files, so none exist and the file itself is complete)
+    straight from the file with `immutable=1`."""
+    try:
+        gen = current_generation_id(index_dir)
+    except Exception:  # noqa: BLE001 - the catalog may not open on a full disk
+        try:
+            uri = f"file:{(index_dir / DATABASE_FILE).resolve()}?immutable=1"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                gen = db.execute("SELECT current_generation_id FROM index_state WHERE id = 1").fetchone()[0]
+        except Exception:  # noqa: BLE001
+            return "the current generation stays current"
+    return f"previous generation {gen} stays current" if gen is not None else "nothing was published"
 
 
 @contextmanager
@@ -191,206 +320,3 @@ def _settings(cur: Generation | None, fingerprint: str, opts: IndexOptions) -> t
             f"the index is of type {cur.index_type}; pass --full to rebuild it as {opts.index_type}"
         )
     return cur.metric, cur.index_type
-
-
-class _Publisher:
-    """Accumulates changes and publishes them as generations, one transaction each."""
-
-    def __init__(
-        self,
-        index_dir: Path,
-        engine,  # noqa: ANN001
-        encoder: Encoder,
-        metric: str,
-        index_type: str,
-        inventory_root: str,
-        parent_id: int | None,
-        index: faiss.Index | None,
-        summary: JobSummary,
-    ):
-        self.index_dir, self.engine, self.encoder = index_dir, engine, encoder
-        self.metric, self.index_type, self.inventory_root = metric, index_type, inventory_root
-        self.parent_id, self.index, self.summary = parent_id, index, summary
-        self.delete_ids: list[int] = []
-        self.ledger_only: list[tuple[ScannedFile, str, str | None]] = []  # (file, state, reason)
-        self.embedded: list[Decoded] = []
-        self.vectors: list[np.ndarray] = []
-        self.rebuild_leftovers: set[int] | None = None  # full rebuild: live items not re-embedded yet
-        self.live_ids: dict[str, int] = {}  # path -> id of the items live when the run started
-
-    @property
-    def staged_embeddings(self) -> int:
-        return len(self.embedded)
-
-    def has_staged(self) -> bool:
-        return bool(self.delete_ids or self.ledger_only or self.embedded)
-
-    def stage_plan(self, plan: Plan, live_items: dict[str, Item], full: bool) -> None:
-        self.live_ids = {path: item.id for path, item in live_items.items()}
-        self.delete_ids.extend(plan.delete)
-        self.ledger_only.extend((f, "skipped", f.reason) for f in plan.newly_skipped)
-        self.summary.skipped += len(plan.newly_skipped)
-        self.summary.problems.extend((f.rel_path, f.reason or "skipped") for f in plan.newly_skipped)
-        self.ledger_only.extend((f, "embedded", None) for f in plan.touch)
-        self.ledger_only.extend(
-            (ScannedFile(p, "", ""), "deleted", "file no longer in the inventory") for p in plan.gone
-        )
-        if full:
-            self.rebuild_leftovers = {i.id for i in live_items.values()}
-
-    def stage_batch(self, batch: EmbeddedBatch) -> None:
-        self.embedded.extend(batch.ok)
-        if len(batch.ok):
-            self.vectors.append(batch.vectors)
-        for d in batch.rejected:
-            self.ledger_only.append((d.file, d.outcome, d.reason))
-            if d.file.rel_path in self.live_ids:  # its old vector no longer describes the file
-                self.delete_ids.append(self.live_ids[d.file.rel_path])
-            if d.outcome == "skipped":
-                self.summary.skipped += 1
-            else:
-                self.summary.failed += 1
-            self.summary.problems.append((d.file.rel_path, d.reason or d.outcome))
-
-    def publish(self) -> int:
-        """Write everything staged as a new current generation; returns its id.
-
-        Ledger-only changes (a file touched, skipped, failed again, or gone) are recorded without
-        a new generation: readers would see nothing new.
-        """
-        if self.index is not None and not self.embedded and not self.delete_ids:
-            with Session(self.engine) as session, session.begin():
-                self._apply_ledger(session, self.parent_id, [])
-            self.ledger_only = []
-            return self.parent_id
-        xb = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.encoder.dim), np.float32)
-        with Session(self.engine) as session, session.begin():
-            gen = Generation(
-                status="building",
-                faiss_file="",
-                item_count=0,
-                ids_sha256="",
-                model_fingerprint=self.encoder.fingerprint,
-                model_config=self.encoder.config,
-                dim=self.encoder.dim,
-                metric=self.metric,
-                index_type=self.index_type,
-                inventory_root=self.inventory_root,
-                parent_id=self.parent_id,
-                run_summary={},
-            )
-            session.add(gen)
-            session.flush()
-            remove_ids, slots, changes = self._apply_items(session, gen.id)
-            if self.index is None:
-                self.index = faiss_index.build_index(self.encoder.dim, self.metric, self.index_type, xt=xb)
-                remove_ids = []
-            faiss_index.remove(self.index, np.asarray(remove_ids, np.int64))
-            faiss_index.add(self.index, np.asarray([i.id for i in slots], np.int64), xb, self.metric)
-            session.add_all(changes)
-            self._apply_ledger(session, gen.id, slots)
-            ids = faiss_index.ids_of(self.index)
-            gen.item_count = int(self.index.ntotal)
-            gen.ids_sha256 = faiss_index.ids_sha256(ids)
-            gen.faiss_file = f"generations/{gen.id:06d}.faiss"
-            gen.run_summary = {k: v for k, v in self.summary.as_dict().items() if k != "problems"}
-            path = generation_path(self.index_dir, gen.id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            faiss_index.write_index_atomic(self.index, path)
-            make_current(session, gen)
-            gen_id = gen.id
-        # committed: this generation is now what readers open
-        self.summary.published.append(gen_id)
-        self.parent_id = gen_id
-        self.delete_ids, self.ledger_only, self.embedded, self.vectors = [], [], [], []
-        logger.info("published generation %d (%d items)", gen_id, self.index.ntotal)
-        return gen_id
-
-    def _apply_items(
-        self, session: Session, gen_id: int
-    ) -> tuple[list[int], list[Item], list[GenerationChange]]:
-        """Insert, update and delete item rows; return FAISS ids to remove and the item of each vector."""
-        remove_ids: list[int] = []
-        changes: list[GenerationChange] = []
-        paths = [d.file.rel_path for d in self.embedded]
-        by_path = {i.path: i for i in session.scalars(select(Item).where(Item.path.in_(paths)))}
-        added: list[Item] = []
-        slots: list[Item] = []  # the item of each staged vector, in order
-        previous_of: dict[int, dict] = {}
-        for d in self.embedded:
-            item = by_path.get(d.file.rel_path)
-            if item is not None and item.deleted_generation is None:  # live: re-embed under the same id
-                previous = {k: getattr(item, k) for k in ROLLBACK_FIELDS}
-                changes.append(
-                    GenerationChange(
-                        generation_id=gen_id, item_id=item.id, change="updated", previous=previous
-                    )
-                )
-                remove_ids.append(item.id)
-                self.summary.updated += 1
-                if self.rebuild_leftovers is not None:
-                    self.rebuild_leftovers.discard(item.id)
-            else:
-                if item is None:
-                    item = Item(path=d.file.rel_path)
-                    session.add(item)
-                else:  # deleted earlier and back: rollback restores the deleted row as it was
-                    previous_of[item.id] = {k: getattr(item, k) for k in ROLLBACK_FIELDS}
-                item.deleted_generation, item.added_generation = None, gen_id
-                added.append(item)
-                self.summary.added += 1
-            item.label, item.sha256, item.size, item.mtime_ns = d.file.label, d.sha256, d.size, d.mtime_ns
-            item.width, item.height = d.width, d.height
-            slots.append(item)
-        session.flush()  # assigns ids to new items
-        changes += [
-            GenerationChange(
-                generation_id=gen_id, item_id=i.id, change="added", previous=previous_of.get(i.id)
-            )
-            for i in added
-        ]
-
-        delete_ids = list(self.delete_ids)
-        if self.rebuild_leftovers:  # a full rebuild drops live items it did not re-embed
-            delete_ids += sorted(self.rebuild_leftovers)
-            self.rebuild_leftovers = set()
-        for item_id in dict.fromkeys(delete_ids):
-            item = session.get(Item, item_id)
-            if item is None or item.deleted_generation is not None:
-                continue
-            item.deleted_generation = gen_id
-            remove_ids.append(item_id)
-            changes.append(GenerationChange(generation_id=gen_id, item_id=item_id, change="deleted"))
-            self.summary.deleted += 1
-            entry = session.scalars(select(LedgerEntry).where(LedgerEntry.path == item.path)).first()
-            if entry is not None:  # a file still there but now unusable gets its own reason below
-                entry.state, entry.reason, entry.generation_id = (
-                    "deleted",
-                    "file no longer in the inventory",
-                    gen_id,
-                )
-        return remove_ids, slots, changes
-
-    def _apply_ledger(self, session: Session, gen_id: int, slots: list[Item]) -> None:
-        """Record each staged file's outcome in the ledger."""
-        rows: list[tuple[str, str, str | None, int | None, int | None, int | None]] = [
-            (d.file.rel_path, "embedded", None, d.size, d.mtime_ns, item.id)
-            for d, item in zip(self.embedded, slots, strict=False)
-        ]
-        for f, state, reason in self.ledger_only:
-            item_id = None
-            if state == "embedded":  # touched: same bytes, new stat
-                item_id = session.scalars(select(Item.id).where(Item.path == f.rel_path)).first()
-            rows.append((f.rel_path, state, reason, f.size, f.mtime_ns, item_id))
-        existing = {
-            e.path: e
-            for e in session.scalars(select(LedgerEntry).where(LedgerEntry.path.in_([r[0] for r in rows])))
-        }
-        now = utcnow()
-        for path, state, reason, size, mtime_ns, item_id in rows:
-            entry = existing.get(path)
-            if entry is None:
-                entry = LedgerEntry(path=path)
-                session.add(entry)
-            entry.state, entry.reason, entry.size, entry.mtime_ns = state, reason, size, mtime_ns
-            entry.item_id, entry.generation_id, entry.updated_at = item_id, gen_id, now

@@ -19,7 +19,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from encoder import load_image
-from indexer import faiss_index
 from indexer.evaluation import EvalRun, QueryResult, metric_names
 from indexer.grids import save_result_grid
 from indexer.store import Hit, Snapshot, open_snapshot
@@ -124,7 +123,7 @@ def write_report(out_dir: str | Path, run: EvalRun, index_dir: str | Path, n_gri
 
     snap = open_snapshot(index_dir)
     try:
-        vectors = faiss_index.vectors_of(snap.index, run.inventory_ids)
+        vectors = snap.vectors(run.inventory_ids)
         if len(vectors) >= 5:
             embedding_map(out / "embedding_map.png", vectors, run.inventory_labels)
             pictures.append(

@@ -15,14 +15,18 @@ from apiflask import APIFlask
 
 DEFAULTS: dict[str, Any] = {
     "INDEX": None,  # index dir (IMGREC_INDEX); default: <instance folder>/index
-    "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request body; larger -> 413
+    "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request body (chunked ones too); larger -> 413
+    "MAX_URL_BYTES": 4096,  # request target (path and query); longer -> 414
+    "MAX_HEADERS": 100,  # header fields per request; more -> 431
+    "MAX_HEADER_BYTES": 4096,  # bytes per header field ("Name: value"); longer -> 431
     "MAX_PIXELS": 25_000_000,  # declared pixels per query image; larger -> 422
+    "MAX_JPEG_SCANS": 100,  # scans per JPEG (each a pass over the image); more -> 422
     "DEFAULT_K": 10,
     "MAX_K": 100,  # k is 1..MAX_K
     "MAX_BATCH_IMAGES": 32,  # images per /v1/search/batch request
     "BATCH_WINDOW_MS": 2.0,  # micro-batching window; 0 turns batching off
     "MAX_BATCH": 32,  # images per encoder forward / FAISS call
-    "RELOAD_INTERVAL": 2.0,  # seconds between checks for a newer generation; 0: never
+    "RELOAD_INTERVAL": 0.5,  # seconds between checks for a newer generation; 0: never
     "MMAP": True,  # memory-map flat FAISS files (workers share one copy)
     "VERIFY": True,  # check FAISS against the catalog before serving a generation
     "THUMBNAIL_SIZE": 128,  # px, longest side
@@ -40,9 +44,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     if test_config is not None:
         app.config.from_mapping(test_config)
 
-    from search_api import apidocs, engine, errors, metrics
+    from search_api import apidocs, engine, errors, limits, metrics
 
     errors.init_app(app)
+    limits.init_app(app)
     apidocs.init_app(app)
     metrics.init_app(app)
     engine.init_app(app)

@@ -12,10 +12,21 @@ RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/
 bp = Blueprint("apidocs", __name__, static_folder=swagger_ui_path, static_url_path="/docs/assets")
 
 
+# Answered by the app before any view runs (search_api.limits), so possible on every operation.
+HEAD_ERRORS = {
+    "414": "URL longer than the configured limit (MAX_URL_BYTES).",
+    "431": "More header fields, or a longer one, than the configured limits (MAX_HEADERS, MAX_HEADER_BYTES).",
+}
+
+
 def complete_spec(app: APIFlask, spec: dict) -> dict:
-    """Add what decorators cannot say: the configured k bound, raw image bodies for /v1/search."""
+    """Add what decorators cannot say: the configured k bound, raw image bodies for /v1/search, the
+    URL and header limits of every operation."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}
     for path, operations in spec.get("paths", {}).items():
         for operation in operations.values():
+            for code, description in HEAD_ERRORS.items():
+                operation["responses"].setdefault(code, {"description": description, "content": error})
             for param in operation.get("parameters", []):
                 if param.get("name") == "k" and param.get("in") == "query":
                     param["schema"]["maximum"] = int(app.config["MAX_K"])

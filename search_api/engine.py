@@ -5,9 +5,10 @@
     with eng.snapshot() as snap:      # one consistent generation for the whole request
         answers = eng.search(snap, [pixels], k=10)
 
-A newer generation is opened fully (FAISS, catalog, encoder, one warm-up forward) on the poller
-thread, then swapped in with one assignment. Requests that hold the old snapshot keep it; it is
-closed when the last of them is done.
+A newer generation is opened on the poller thread, re-using the served snapshot's open segments
+(segment files never change) and its encoder (same model fingerprint), so only new segments are
+read and checked; then it is swapped in with one assignment. Requests that hold the old snapshot
+keep it; it is closed when the last of them is done.
 """
 
 from __future__ import annotations
@@ -24,15 +25,20 @@ from pathlib import Path
 import faiss
 import numpy as np
 from flask import Flask
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 from indexer import Hit, Snapshot, current_generation_id, open_snapshot
 from indexer.ann import search_params
+from indexer.db import database_url, make_engine
+from indexer.store import has_catalog
 from search_api.batching import Batcher
 from search_api.errors import NotReadyError
 
 logger = logging.getLogger(__name__)
 
 RETRY_FAILED_AFTER = 30.0  # seconds before retrying a generation that failed to open
+RELOAD_INTERVAL = 0.5  # seconds between checks for a newer generation (one indexed row per check)
 
 
 @dataclass
@@ -90,7 +96,7 @@ class SearchEngine:
         *,
         mmap: bool = True,
         verify: bool = True,
-        reload_interval: float = 2.0,
+        reload_interval: float = RELOAD_INTERVAL,
         batch_window_ms: float = 2.0,
         max_batch: int = 32,
         novelty: bool = True,
@@ -114,6 +120,7 @@ class SearchEngine:
         self._not_ready = "no index loaded yet"  # for clients: no server paths in it
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._catalog: Engine | None = None  # kept open for the cheap generation checks
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -136,6 +143,9 @@ class SearchEngine:
                 held.retired = True
                 if held.users == 0:
                     held.snapshot.close()
+        if self._catalog is not None:
+            self._catalog.dispose()
+            self._catalog = None
         self._not_ready = "no index loaded: the server is shutting down"
 
     def _poll(self) -> None:
@@ -150,7 +160,7 @@ class SearchEngine:
     def reload(self) -> bool:
         """Swap in the published generation if it differs from the one served. True if swapped."""
         with self._reload_lock:
-            wanted = current_generation_id(self.index_dir)
+            wanted = self._published_generation()
             if wanted is None:
                 if self._held is None:
                     self._not_ready = "no index published yet"
@@ -177,20 +187,36 @@ class SearchEngine:
             self._swap(snap)
             return True
 
+    def _published_generation(self) -> int | None:
+        """The current generation's id, through a catalog connection kept between checks."""
+        if not has_catalog(self.index_dir):
+            return None
+        if self._catalog is None:
+            # a fresh connection per check (no pool): a catalog replaced on disk is seen at once
+            self._catalog = make_engine(database_url(self.index_dir), poolclass=NullPool)
+        return current_generation_id(self.index_dir, self._catalog)
+
     def _open(self) -> Snapshot:
-        """Open the current generation completely, so the swap costs the first request nothing."""
+        """Open the current generation completely, so the swap costs the first request nothing.
+
+        The served snapshot's segments and encoder are re-used where they are the same.
+        """
         t0 = time.perf_counter()
-        snap = open_snapshot(self.index_dir, mmap=self.mmap, verify=self.verify)
+        previous = self._held.snapshot if self._held is not None else None
+        snap = open_snapshot(self.index_dir, mmap=self.mmap, verify=self.verify, reuse=previous)
         try:
+            reused = previous is not None and snap._encoder is not None
             enc = snap.encoder
-            s = enc.preprocess.image_size
-            enc.embed(np.zeros((1, 3, s, s), np.float32))  # warm-up: first-call costs paid here
+            if not reused:
+                s = enc.preprocess.image_size
+                enc.embed(np.zeros((1, 3, s, s), np.float32))  # warm-up: first-call costs paid here
         except Exception:
             snap.close()
             raise
         logger.info(
-            "opened generation %s of %s (%d items) in %.2f s",
-            snap.generation.id, self.index_dir, snap.generation.item_count, time.perf_counter() - t0,
+            "opened generation %s of %s (%d items, %d segments) in %.3f s",
+            snap.generation.id, self.index_dir, snap.generation.item_count, len(snap.parts),
+            time.perf_counter() - t0,
         )  # fmt: skip
         return snap
 
@@ -343,9 +369,9 @@ def set_compute_threads(n: int) -> None:
     """
     if n <= 0:
         return
-    import torch
+    import encoder
 
-    torch.set_num_threads(n)
+    encoder.set_compute_threads(n)  # onnxruntime sessions, and torch if an autoencoder loaded it
     faiss.omp_set_num_threads(n)
 
 

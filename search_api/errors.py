@@ -10,6 +10,7 @@ from apiflask import APIFlask, HTTPError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError
+from search_api.limits import FormLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -79,5 +80,10 @@ def init_app(app: APIFlask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def handle_too_large(e: RequestEntityTooLarge):
         limit = app.config.get("MAX_CONTENT_LENGTH")
-        message = f"request body is over the limit of {limit:,} bytes" if limit else "request body too large"
+        if isinstance(e, FormLimitError):  # a form limit, not the body size
+            message = e.description
+        elif limit:
+            message = f"request body is over the limit of {limit:,} bytes"
+        else:
+            message = "request body too large"
         return app.error_callback(HTTPError(413, message))

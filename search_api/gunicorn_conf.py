@@ -25,7 +25,13 @@ preload_app = False  # never import torch/FAISS in the master: no fork after Ope
 timeout = 60  # a worker silent this long is restarted (opening a large index counts)
 graceful_timeout = 30
 keepalive = 5
+# gunicorn's own request limits answer in HTML; they are set above the app's (search_api.limits:
+# MAX_URL_BYTES, MAX_HEADERS, MAX_HEADER_BYTES), so the requests between get the app's JSON 414/431.
+# 8190 is the most gunicorn allows for the request line without lifting the limit altogether;
+# headers are buffered up to limit_request_fields x (limit_request_field_size + 2) = 1.6 MB per request.
 limit_request_line = 8190
+limit_request_fields = 200
+limit_request_field_size = 8190
 accesslog = "-"
 
 os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("IMGREC_COMPUTE_THREADS", "1"))

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import io
 import mimetypes
+import os
+import string
+import threading
 import time
-from functools import lru_cache
-from pathlib import Path
+import unicodedata
+from collections import OrderedDict
+from pathlib import PurePosixPath
+from typing import BinaryIO
+from urllib.parse import quote
 
 from apiflask import APIBlueprint, abort
 from apiflask.schemas import FileSchema
-from flask import current_app, send_file
+from flask import current_app, request, send_file
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from encoder.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, load_image
 from indexer import ItemInfo, Snapshot
 from search_api import answers
 from search_api.engine import get_engine
+from search_api.files import RefusedPathError, open_beneath
 from search_api.schemas import Item, SearchArgs, SimilarAnswer
 from search_api.search import search_kwargs
 
@@ -37,18 +45,44 @@ def get_item_or_404(snap: Snapshot, item_id: int) -> ItemInfo:
     return info
 
 
-def image_path_or_404(snap: Snapshot, info: ItemInfo) -> Path:
-    """The item's image file, inside the inventory root.
+def open_image_or_404(snap: Snapshot, info: ItemInfo) -> BinaryIO:
+    """The item's image file, opened once beneath the inventory root (`files.open_beneath`).
 
-    :raise 404: the file is gone or points outside the inventory.
+    :raise 404: the file is gone, or its path leads outside the inventory or to no regular file.
     """
     try:
-        path = snap.image_path(info)
-    except PermissionError:
+        fd = open_beneath(snap.inventory_root, info.path)
+    except RefusedPathError:
         abort(404, f"item {info.id} has no image")
-    if not path.is_file():
+    except OSError:
         abort(404, f"the image of item {info.id} is no longer in the inventory")
-    return path
+    return os.fdopen(fd, "rb")
+
+
+def file_etag(st: os.stat_result, *extra: object) -> str:
+    """An entity tag of the file as it is now (inode, modification time, size)."""
+    return "-".join(
+        f"{x:x}" if isinstance(x, int) else str(x) for x in (st.st_ino, st.st_mtime_ns, st.st_size, *extra)
+    )
+
+
+# RFC 6266 `filename` fallback: printable ASCII except the quote, backslash and percent sign (some
+# clients percent-decode it); everything else goes in `filename*` (RFC 5987 attr-chars, %XX).
+_FALLBACK_CHARS = frozenset(string.ascii_letters + string.digits + " !#$&'()*+,-.:;<=>?@[]^_`{|}~")
+_ATTR_CHARS = "!#$&+-.^_`|~"  # quote() keeps letters, digits and "_.-~" already
+
+
+def content_disposition(name: str) -> str:
+    """`inline` with the file's name, for any name that can be indexed (RFC 6266)."""
+    fallback = "".join(
+        c if c in _FALLBACK_CHARS else "_"
+        for c in unicodedata.normalize("NFKD", name)
+        if not unicodedata.combining(c)  # "café" -> "cafe"
+    )
+    value = f'inline; filename="{fallback}"'
+    if fallback != name:
+        value += "; filename*=UTF-8''" + quote(name, safe=_ATTR_CHARS)
+    return value
 
 
 @bp.get(f"/{ITEM_ID}")
@@ -71,9 +105,21 @@ def get_item(item_id: int) -> dict:
 def get_image(item_id: int):
     """The item's image, byte for byte."""
     with get_engine().snapshot() as snap:
-        path = image_path_or_404(snap, get_item_or_404(snap, item_id))
-    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return send_file(path, mimetype=mimetype, conditional=True, max_age=3600)
+        info = get_item_or_404(snap, item_id)
+        f = open_image_or_404(snap, info)
+    st = os.fstat(f.fileno())
+    name = PurePosixPath(info.path).name
+    mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    response = send_file(
+        f, mimetype, conditional=False, etag=file_etag(st), last_modified=st.st_mtime, max_age=3600
+    )
+    response.content_length = st.st_size
+    response.headers["Content-Disposition"] = content_disposition(name)
+    try:
+        return response.make_conditional(request, accept_ranges=True, complete_length=st.st_size)
+    except RequestedRangeNotSatisfiable:
+        f.close()
+        raise
 
 
 @bp.get(f"/{ITEM_ID}/thumbnail")
@@ -86,24 +132,53 @@ def get_image(item_id: int):
 def get_thumbnail(item_id: int):
     """A JPEG thumbnail of the item (longest side THUMBNAIL_SIZE)."""
     with get_engine().snapshot() as snap:
-        info = get_item_or_404(snap, item_id)
-        path = image_path_or_404(snap, info)
+        f = open_image_or_404(snap, get_item_or_404(snap, item_id))
     size = int(current_app.config["THUMBNAIL_SIZE"])
-    try:
-        data = thumbnail(str(path), info.sha256, size)
-    except (ImageDecodeError, ImageTooLargeError):
-        abort(404, f"the image of item {item_id} can no longer be read")
-    return send_file(io.BytesIO(data), mimetype="image/jpeg", etag=f"{info.sha256[:16]}-{size}", max_age=3600)
+    with f:
+        st = os.fstat(f.fileno())
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, size)
+        data = THUMBNAILS.get(key)
+        if data is None:
+            try:
+                data = thumbnail(f, size)
+            except (ImageDecodeError, ImageTooLargeError):
+                abort(404, f"the image of item {item_id} can no longer be read")
+            THUMBNAILS.put(key, data)
+    return send_file(io.BytesIO(data), mimetype="image/jpeg", etag=file_etag(st, size), max_age=3600)
 
 
-@lru_cache(maxsize=2048)
-def thumbnail(path: str, sha256: str, size: int) -> bytes:
-    """JPEG bytes of a thumbnail (cached by file, content hash and size)."""
-    img = load_image(path, draft_size=size, max_pixels=DEFAULT_MAX_PIXELS)
+def thumbnail(f: BinaryIO, size: int) -> bytes:
+    """JPEG bytes of a thumbnail of the open image file `f` (longest side `size`)."""
+    img = load_image(f, draft_size=size, max_pixels=DEFAULT_MAX_PIXELS)
     img.thumbnail((size, size))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+class LRUCache:
+    """A thread-safe mapping that keeps the `maxsize` most recently used entries."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: object) -> object | None:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+            return self._data.get(key)
+
+    def put(self, key: object, value: object) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+
+THUMBNAILS = LRUCache(maxsize=2048)  # thumbnail JPEG bytes by (file identity, size): a few MB
 
 
 @bp.get(f"/{ITEM_ID}/similar")

@@ -8,6 +8,7 @@ from apiflask import APIBlueprint
 from apiflask.schemas import FileSchema
 from flask import Response, current_app
 
+from encoder.config import ModelConfig
 from search_api import answers
 from search_api.engine import get_engine
 from search_api.schemas import Health, Ready, Stats
@@ -53,12 +54,7 @@ def stats() -> dict:
             "metric": gen.metric,
             "score_kind": gen.score_kind,
             "index_type": gen.index_type,
-            "model": {
-                "fingerprint": gen.model_fingerprint,
-                "kind": gen.model_config.get("kind", "autoencoder"),
-                "arch": gen.model_config.get("model", {}).get("arch") or gen.model_config.get("arch"),
-                "image_size": snap.encoder.preprocess.image_size,
-            },
+            "model": model_info(gen.model_fingerprint, snap.encoder.model_config),
             "created_at": created,
             "index_age_seconds": (dt.datetime.now(dt.UTC) - created).total_seconds(),
             "generation": gen.id,
@@ -76,9 +72,26 @@ def stats() -> dict:
                 "max_k": cfg["MAX_K"],
                 "default_k": cfg["DEFAULT_K"],
                 "max_batch_images": cfg["MAX_BATCH_IMAGES"],
+                "max_jpeg_scans": cfg["MAX_JPEG_SCANS"],
+                "max_url_bytes": cfg["MAX_URL_BYTES"],
+                "max_headers": cfg["MAX_HEADERS"],
+                "max_header_bytes": cfg["MAX_HEADER_BYTES"],
             },
-            "novelty_available": hasattr(snap.encoder, "novelty_percentile"),
+            "novelty_available": bool(eng.novelty) and snap.encoder.has_novelty,
         }
+
+
+def model_info(fingerprint: str, mc: ModelConfig) -> dict:
+    """The model block of `/v1/stats`, from the typed model config."""
+    return {
+        "fingerprint": fingerprint,
+        "kind": mc.kind,
+        "name": mc.name,
+        "arch": mc.arch,
+        "runtime": mc.runtime,
+        "image_size": mc.preprocess.image_size,
+        "dim": mc.code_dim,
+    }
 
 
 @bp.get("/metrics")

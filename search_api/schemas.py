@@ -19,6 +19,11 @@ def _default_k() -> int:
     return int(current_app.config["DEFAULT_K"])
 
 
+# Search knobs are bounded so a request cannot buy unbounded work (or overflow FAISS's int fields).
+MAX_NPROBE = 65536  # ivf: lists probed; FAISS probes at most nlist (4 sqrt(n): 4,000 at 1M items)
+MAX_EF_SEARCH = 4096  # hnsw: candidate list length; the default is 64, recall saturates long before
+
+
 # --- requests ------------------------------------------------------------------------------
 
 
@@ -31,14 +36,14 @@ class SearchArgs(Schema):
     label = String(load_default=None, metadata={"description": "Only items with this label."})
     nprobe = Integer(
         load_default=None,
-        validate=Range(min=1),
+        validate=Range(min=1, max=MAX_NPROBE),
         metadata={
             "description": "ivf indexes: inverted lists probed (more: slower, better recall); ignored by other types."
         },
     )
     ef_search = Integer(
         load_default=None,
-        validate=Range(min=1),
+        validate=Range(min=1, max=MAX_EF_SEARCH),
         metadata={
             "description": "hnsw indexes: search breadth (more: slower, better recall); ignored by other types."
         },
@@ -168,6 +173,16 @@ class Ready(Schema):
     reload_error = String(allow_none=True)
 
 
+class ModelInfo(Schema):
+    fingerprint = String(metadata={"description": "sha256 of the model's weights, graph and config."})
+    kind = String(metadata={"description": "autoencoder | pretrained (or a kind registered by a plugin)."})
+    name = String(metadata={"description": "The preset or architecture trained (`imgrec train --model`)."})
+    arch = String(metadata={"description": "Architecture: the autoencoder's, or the pretrained backbone(s)."})
+    runtime = String(metadata={"description": "What runs it: onnx (onnxruntime), torch, or python."})
+    image_size = Integer(metadata={"description": "Square input side, pixels."})
+    dim = Integer(metadata={"description": "Vector length."})
+
+
 class Stats(Schema):
     index = Nested(IndexInfo)
     items = Integer()
@@ -175,7 +190,9 @@ class Stats(Schema):
     metric = String()
     score_kind = String()
     index_type = String()
-    model = Dict(metadata={"description": "fingerprint, kind and architecture of the encoder."})
+    model = Nested(
+        ModelInfo, metadata={"description": "The encoder that embeds queries (the index's own model)."}
+    )
     created_at = DateTime()
     index_age_seconds = Float()
     generation = Integer()
@@ -183,4 +200,8 @@ class Stats(Schema):
     labels = Dict(keys=String(), values=Integer(), metadata={"description": "Live items per label."})
     engine = Dict(metadata={"description": "Loaded at, reloads, micro-batching settings and counts."})
     limits = Dict()
-    novelty_available = Boolean()
+    novelty_available = Boolean(
+        metadata={
+            "description": "Answers carry a novelty percentile (the model has a reference and it is enabled)."
+        }
+    )

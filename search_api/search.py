@@ -20,9 +20,9 @@ bp = APIBlueprint("search", __name__, url_prefix="/v1/search", tag="Search")
 RAW_TYPES = ("image/", "application/octet-stream")
 UPLOAD_ERRORS = {
     400: "No image, an empty one, or a bad `k`.",
-    413: "Request body over the configured limit.",
+    413: "Request body over the configured limit, or a multipart form over its limits (parts, field size).",
     415: "Not a decodable image (text, truncated, corrupt) or not an image content type.",
-    422: "Decompression bomb, or more pixels than the configured limit.",
+    422: "Decompression bomb, more pixels than the configured limit, or a JPEG with more scans than allowed.",
     503: "No index loaded yet.",
 }
 
@@ -138,7 +138,13 @@ def decode(data: bytes, filename: str | None, snap: Snapshot) -> tuple[np.ndarra
     :raise ImageTooLargeError: too many pixels, or a bomb (422).
     """
     pre = snap.encoder.preprocess
-    img = load_image(data, draft_size=pre.image_size, max_pixels=int(current_app.config["MAX_PIXELS"]))
+    cfg = current_app.config
+    img = load_image(
+        data,
+        draft_size=pre.image_size,
+        max_pixels=int(cfg["MAX_PIXELS"]),
+        max_scans=int(cfg["MAX_JPEG_SCANS"]),
+    )
     width, height = img.info["original_size"]
     return pre.to_uint8(img), {"filename": filename, "width": width, "height": height}
 

@@ -13,9 +13,11 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from encoder.model_dir import save_model_dir
@@ -23,15 +25,15 @@ from encoder.models import EncoderConfig, build_model, code_dim
 from encoder.preprocess import Preprocess
 from imgrec.synthetic import CLASSES, draw_item
 from indexer import IndexOptions, open_snapshot, run_index
-from indexer.faiss_index import ids_of
 
 IMAGE_SIZE = 16  # model input side: tiny, so embedding costs little next to the work under test
 
 
-def make_model_dir(path: Path, seed: int = 0) -> Path:
-    """A random-weight conv-ae model dir (a different `seed` is a different model)."""
+def make_model_dir(path: Path, seed: int = 0, code_channels: int = 4) -> Path:
+    """A random-weight conv-ae model dir (a different `seed` is a different model); its codes have
+    4 * `code_channels` dimensions."""
     torch.manual_seed(seed)
-    cfg = EncoderConfig(arch="conv-ae", image_size=IMAGE_SIZE, filters=(4, 4, 4))
+    cfg = EncoderConfig(arch="conv-ae", image_size=IMAGE_SIZE, filters=(4, 4, code_channels))
     model = build_model(cfg).eval()
     config = {
         "kind": "autoencoder",
@@ -83,13 +85,14 @@ def mutate_inventory(root: Path, rng: np.random.Generator, next_seed: int, n: in
 
 
 def index_contents(index_dir: Path) -> dict[str, np.ndarray]:
-    """path -> stored vector of every item of the current generation (opened and verified)."""
-    snap = open_snapshot(index_dir, mmap=False)
+    """path -> stored vector of every item of the current generation (opened and fully verified)."""
+    snap = open_snapshot(index_dir, mmap=False, verify="full")
     try:
-        ids = ids_of(snap.index).tolist()
-        items = snap.items(ids)
+        ids = snap.live_ids()
+        items = snap.items(ids.tolist())
         assert len(items) == len(ids) == snap.generation.item_count
-        return {items[i].path: snap.vector(i) for i in ids}
+        vectors = snap.vectors(ids)
+        return {items[int(i)].path: v for i, v in zip(ids, vectors, strict=True)}
     finally:
         snap.close()
 
@@ -141,6 +144,7 @@ def cli_child(args: list[str], log: str, die_at: str | None = None) -> None:
     `die_at` ("module:function") makes the child SIGKILL itself when that function is called:
     a crash at an exact point, set up by the test and not by the indexer.
     """
+    limit_sql_variables(LOW_SQL_VARIABLE_LIMIT)  # as in the parent: no statement with a parameter per file
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -165,6 +169,7 @@ def reader_loop(index_dir: str, stop_file: str, out_file: str) -> None:
     Every snapshot must open verified (count, ids, live items agree), and every hit must be an id of
     that snapshot's FAISS file with a catalog row. Writes what it saw to `out_file` (JSON).
     """
+    limit_sql_variables(LOW_SQL_VARIABLE_LIMIT)
     rng = np.random.default_rng(0)
     seen: dict[int, int] = {}
     errors: list[str] = []
@@ -175,10 +180,10 @@ def reader_loop(index_dir: str, stop_file: str, out_file: str) -> None:
         try:
             snap = open_snapshot(index_dir, mmap=True)
             try:
-                ids = set(ids_of(snap.index).tolist())
+                ids = set(snap.live_ids().tolist())
                 if len(ids) != snap.generation.item_count:
                     errors.append(f"generation {snap.generation.id}: {len(ids)} ids in FAISS")
-                xq = rng.standard_normal((4, snap.index.d)).astype(np.float32)
+                xq = rng.standard_normal((4, snap.generation.dim)).astype(np.float32)
                 for hits in snap.search_vectors(xq, k=10):
                     if len(hits) != min(10, len(ids)):
                         errors.append(f"generation {snap.generation.id}: {len(hits)} hits")
@@ -195,3 +200,81 @@ def reader_loop(index_dir: str, stop_file: str, out_file: str) -> None:
         if stop:
             break
     Path(out_file).write_text(json.dumps({"seen": seen, "errors": errors[:20], "queries": queries}))
+
+
+# --- a seeded embedder: files whose bytes name the vector they embed to ---------------------------
+
+
+def write_seed_file(path: Path, seed: int) -> Path:
+    """A file (with an image extension) whose content is its vector's seed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"seed %d" % seed)
+    return path
+
+
+def seed_vector(seed: int, d: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(d).astype(np.float32)
+
+
+def seed_embedder(files, encoder, *, batch_size=32, workers=2, limits=None):  # noqa: ANN001, ANN201
+    """An `embedder` for `run_index` that reads each file's seed instead of decoding an image.
+
+    Lets the storage tests choose every vector (seeded) while the job, SQLite and FAISS run for real.
+    """
+    import hashlib
+
+    from indexer.ingest import Decoded, EmbeddedBatch
+
+    files = list(files)
+    for start in range(0, len(files), batch_size):
+        ok = []
+        for f in files[start : start + batch_size]:
+            data = Path(f.abs_path).read_bytes()
+            st = os.stat(f.abs_path)
+            ok.append(
+                Decoded(f, "ok", sha256=hashlib.sha256(data).hexdigest(), size=st.st_size,
+                        mtime_ns=st.st_mtime_ns, width=1, height=1)
+            )  # fmt: skip
+        xb = np.stack(
+            [seed_vector(int(Path(d.file.abs_path).read_bytes().split()[1]), encoder.dim) for d in ok]
+        )
+        yield EmbeddedBatch(ok, xb, [])
+
+
+def limit_sql_variables(n: int = 50) -> None:
+    """Every SQLite connection opened from now on in this process allows at most `n` bound parameters
+    per statement (SQLite's own limit, lowered): a statement with one parameter per file fails."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def _low_limit(dbapi_conn, _record):  # noqa: ANN001
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, n)
+
+    if not event.contains(Engine, "connect", _LOW_LIMIT_LISTENERS.get(n, _low_limit)):
+        _LOW_LIMIT_LISTENERS[n] = _low_limit
+        event.listen(Engine, "connect", _low_limit)
+
+
+def unlimit_sql_variables() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    for fn in _LOW_LIMIT_LISTENERS.values():
+        if event.contains(Engine, "connect", fn):
+            event.remove(Engine, "connect", fn)
+    _LOW_LIMIT_LISTENERS.clear()
+
+
+_LOW_LIMIT_LISTENERS: dict = {}
+LOW_SQL_VARIABLE_LIMIT = 50
+
+
+@pytest.fixture
+def low_sql_variable_limit() -> Iterator[None]:
+    """SQLite's limit on parameters per statement lowered to 50 for the test (and its children)."""
+    limit_sql_variables(LOW_SQL_VARIABLE_LIMIT)
+    yield
+    unlimit_sql_variables()

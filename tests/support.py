@@ -34,3 +34,18 @@ def tiny_model(seed: int = 0) -> Path:
     out = _session_dir() / f"model-{seed}"
     train(inventory, out, dataclasses.replace(TINY_TRAIN, seed=seed))
     return out
+
+
+@functools.cache
+def tiny_pretrained_model() -> Path:
+    """The smallest pretrained preset (Lite0 at 64 px, 16-d PCA) fitted on `tiny_catalog()`, graph exported."""
+    from encoder.config import PretrainedConfig
+    from encoder.fit import fit_pretrained
+    from encoder.images import find_images
+
+    inventory, _ = tiny_catalog()
+    out = _session_dir() / "model-pretrained"
+    fit_pretrained(
+        find_images(inventory), out, PretrainedConfig(image_size=64, code_dim=16), "effnet-lite0-pca-tiny"
+    )
+    return out

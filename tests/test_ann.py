@@ -169,8 +169,8 @@ def shop(tmp_path_factory):
 def _search_all(index_dir, params=None):
     snap = open_snapshot(index_dir)
     try:
-        ids = fi.ids_of(snap.index)
-        xq = np.stack([snap.vector(int(i)) for i in ids])
+        ids = snap.live_ids()
+        xq = snap.vectors(ids)
         hits = snap.search_vectors(xq, k=3, params=params)
         return snap.generation, ids, [h[0].id if h else None for h in hits]
     finally:

@@ -351,13 +351,13 @@ def test_catalog_path_outside_the_inventory_is_404(app, catalog):
     from apiflask import HTTPError
 
     from indexer import ItemInfo
-    from search_api.items import image_path_or_404
+    from search_api.items import open_image_or_404
 
     with app.test_request_context(), app.extensions["imgrec"].snapshot() as snap:
         for bad in ("../../../../etc/passwd", "/etc/passwd", "mugs/../../model/config.json"):
             info = ItemInfo(1, bad, "x", 1, 1, "0" * 64, False)
             with pytest.raises(HTTPError) as e:
-                image_path_or_404(snap, info)
+                open_image_or_404(snap, info)
             assert e.value.status_code == 404
 
 

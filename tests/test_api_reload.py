@@ -123,15 +123,20 @@ def test_a_request_keeps_its_snapshot_across_a_swap(fresh_index, catalog):
 
 
 def corrupt_current_faiss(index_dir) -> None:
-    """Replace the current generation's FAISS file by an empty index: FAISS and catalog now disagree."""
+    """Replace the current generation's newest segment file by an empty index: segments and catalog
+    now disagree. (A new file renamed over it: a process mapping the old one keeps its copy.)"""
+    import os
+
     import faiss
 
     from indexer import open_snapshot
 
-    snap = open_snapshot(index_dir, verify=False)
-    path, dim = index_dir / snap.generation.faiss_file, snap.generation.dim
+    snap = open_snapshot(index_dir, mmap=False, verify=False)
+    newest = max(snap.segments, key=lambda s: s.id)
     snap.close()
-    faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), str(path))
+    path = index_dir / newest.file
+    faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(newest.dim)), str(path) + ".bad")
+    os.replace(str(path) + ".bad", path)
 
 
 def test_an_inconsistent_index_is_not_served(make_app, serve, fresh_index, catalog):

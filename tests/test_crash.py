@@ -7,6 +7,7 @@ installed `imgrec index` command itself).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -14,11 +15,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
+from sqlalchemy.orm import Session
 
-from indexer import IndexOptions, current_generation_id, run_index
-from indexer.db import Generation, open_database
+from indexer import IndexOptions, current_generation_id, open_snapshot, run_index
+from indexer.db import open_database
+from indexer.generations import current_generation, live_segment_files
 from indexer.store import has_catalog
 from tests.indexing_fixtures import (
     assert_same_index,
@@ -28,13 +32,17 @@ from tests.indexing_fixtures import (
     full_rebuild,
     imgrec_command,
     index_contents,
+    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
     make_model_dir,
     mutate_inventory,
 )
 
+pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
+
 CI_KILLS = 32
 SLOW_KILLS = 200
+CHECKPOINT = 16  # files per checkpoint in the kill loop: a first build publishes ~19 and merges
 
 
 @dataclass
@@ -55,22 +63,33 @@ class KillStats:
 
 
 def generation_files(index_dir: Path) -> tuple[set[str], set[str]]:
-    """(files in generations/, files the current and kept generations point to)."""
-    on_disk = {f"generations/{p.name}" for p in (index_dir / "generations").glob("*")}
+    """(files in segments/, files of the segments the current and kept generations list)."""
+    on_disk = {f"segments/{p.name}" for p in (index_dir / "segments").glob("*")}
     engine = open_database(index_dir, migrate=False)
     try:
-        from sqlalchemy import select
-        from sqlalchemy.orm import Session
-
         with Session(engine) as session:
-            live = set(
-                session.scalars(
-                    select(Generation.faiss_file).where(Generation.status.in_(("current", "kept")))
-                )
-            )
+            live = live_segment_files(session)
     finally:
         engine.dispose()
     return on_disk, live
+
+
+def current_is_a_merge(index_dir: Path) -> bool:
+    engine = open_database(index_dir, migrate=False)
+    try:
+        with Session(engine) as session:
+            return "merged_into" in (current_generation(session).run_summary or {})
+    finally:
+        engine.dispose()
+
+
+def orphan_vectors(index_dir: Path, orphans: set[str]) -> int:
+    """Vectors in the largest orphan segment (a killed merge writes more than one checkpoint)."""
+    n = 0
+    for rel in orphans:
+        with contextlib.suppress(RuntimeError):  # a temp file cut short
+            n = max(n, faiss.read_index(str(index_dir / rel)).ntotal)
+    return n
 
 
 def check_after_kill(
@@ -82,13 +101,16 @@ def check_after_kill(
         assert gen_before is None, "a published generation vanished"
         landed = "before the index's first generation"
     else:
-        index_contents(index)  # opens the current generation verified: FAISS and SQLite agree
+        index_contents(index)  # opens the current generation verified: segments and SQLite agree
         on_disk, live = generation_files(index)
-        assert live <= on_disk, f"generation files missing: {live - on_disk}"
-        if on_disk - live:
-            landed = "mid-publish: FAISS file written, not committed"
+        assert live <= on_disk, f"segment files missing: {live - on_disk}"
+        orphans = on_disk - live
+        if orphans and not full and orphan_vectors(index, orphans) > CHECKPOINT:  # more than a publish writes
+            landed = "mid-merge: merged segment written, not committed"
+        elif orphans:
+            landed = "mid-publish: segment written, not committed"
         elif gen_after != gen_before:
-            landed = "after a checkpoint of the killed run"
+            landed = "after a merge of the killed run" if current_is_a_merge(index) else "after a checkpoint"
         else:
             landed = "before the killed run published"
     # a following run completes and equals a full rebuild (on a copy: the loop goes on killing)
@@ -112,9 +134,17 @@ def kill_loop(tmp: Path, n_images: int, n_kills: int, seed: int) -> KillStats:
     stats, full, kills_in_round = KillStats(), False, 0
     while stats.kills < n_kills:
         args = ["index", "--inventory", str(inventory), "--model", str(model), "--index", str(index)]
-        args += ["--batch-size", "8", "--checkpoint-every", "16", "--keep", "2"] + (
-            ["--full"] if full else []
-        )
+        args += [
+            "--batch-size",
+            "8",
+            "--checkpoint-every",
+            str(CHECKPOINT),
+            "--keep",
+            "2",
+            "--merge-factor",
+            "3",
+        ]
+        args += ["--full"] if full else []
         # kills spread over the whole run; after several in one round, let a run finish
         kill_after = rng.uniform(0.0, run_time) if kills_in_round < 8 else None
         gen_before = current_generation_id(index) if has_catalog(index) else None
@@ -198,7 +228,7 @@ def test_kill_real_command(tmp_path):
 @pytest.mark.parametrize(
     "die_at, new_is_current",
     [
-        ("indexer.job:make_current", False),  # FAISS file renamed into place, SQLite not committed
+        ("indexer.publish:make_current", False),  # segment renamed into place, SQLite not committed
         ("indexer.faiss_index:fsync_dir", False),  # renamed, directory not yet fsynced
         ("indexer.job:prune", True),  # committed, old generations not yet pruned
     ],
@@ -237,7 +267,12 @@ def test_kill_at_exact_points(tmp_path, die_at, new_is_current):
     summary = run_index(inventory, model, index, IndexOptions(keep_generations=1))
     assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "rebuild"))
     on_disk, live = generation_files(index)
-    assert on_disk == live and len(live) == 1, (on_disk, live, summary)
+    snap = open_snapshot(index)
+    try:
+        current = {s.file for s in snap.segments}
+    finally:
+        snap.close()
+    assert on_disk == live == current, (on_disk, live, current, summary)  # keep 1: the current's only
 
 
 def test_orphans_are_cleaned_by_the_next_run(tmp_path):
@@ -245,16 +280,19 @@ def test_orphans_are_cleaned_by_the_next_run(tmp_path):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     make_inventory(inventory, 10)
     run_index(inventory, model, index)
-    gens = index / "generations"
+    gens = index / "segments"
     real = next(gens.glob("*.faiss"))
     (gens / ".000002.faiss.tmp-4242").write_bytes(b"half a faiss file")  # killed mid-write
     (gens / "000007.faiss").write_bytes(real.read_bytes())  # renamed, never committed
+    (index / "generations").mkdir()
+    (index / "generations" / "000003.faiss").write_bytes(real.read_bytes())  # schema 0001, pruned
     (index / "models" / "0123abcd.tmp-4242").mkdir()  # model copy cut short
     (index / "catalog.sqlite.tmp-4242").write_bytes(b"")  # catalog creation cut short
 
     summary = run_index(inventory, model, index)  # nothing changed in the folder
     assert summary.published == []
     assert sorted(p.name for p in gens.iterdir()) == [real.name]
+    assert not list((index / "generations").iterdir())
     assert not list((index / "models").glob("*.tmp-*"))
     assert len(index_contents(index)) == 10
 

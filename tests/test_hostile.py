@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 from imgrec.cli import cli
 from indexer import IndexOptions, open_snapshot, run_index
 from indexer.db import LedgerEntry, open_database
-from indexer.faiss_index import ids_of
 from indexer.ingest import IngestLimits, embed_files
+from tests.hostile_files import many_scans_jpeg
 from tests.indexing_fixtures import (
     assert_same_index,
     full_rebuild,
@@ -139,6 +139,8 @@ def make_corpus(root: Path, outside: Path) -> dict[str, tuple[str, str | None]]:
     add("upright.png", INDEXED, lambda p: picture().save(p))
     add("exif-rotated.jpg", INDEXED, lambda p: rotated_with_exif(picture(), p))
     add("upright.jpg", INDEXED, lambda p: picture().save(p, quality=95))
+    add("progressive.jpg", INDEXED, lambda p: picture().save(p, progressive=True))
+    add("many-scans.jpg", ("skipped", "more than 100 scans"), lambda p: p.write_bytes(many_scans_jpeg(3000)))
 
     def unreadable(p: Path) -> None:
         p.write_bytes(full_jpeg)
@@ -211,8 +213,8 @@ def test_hostile_corpus(tmp_path, model):
     # decoded correctly: upright, first frame, 16-bit scaled
     snap = open_snapshot(index, mmap=False)
     try:
-        vec = {snap.items([i])[i].path: snap.vector(i) for i in ids_of(snap.index).tolist()}
-        info = {snap.items([i])[i].path: snap.items([i])[i] for i in ids_of(snap.index).tolist()}
+        vec = {snap.items([i])[i].path: snap.vector(i) for i in snap.live_ids().tolist()}
+        info = {snap.items([i])[i].path: snap.items([i])[i] for i in snap.live_ids().tolist()}
     finally:
         snap.close()
     np.testing.assert_allclose(vec["hostile/exif-rotated.png"], vec["hostile/upright.png"], atol=1e-5)
@@ -363,3 +365,30 @@ def test_permission_denied_fails_and_is_retried(tmp_path, model, monkeypatch):
     victim.chmod(0o644)
     assert run_index(inventory, model, tmp_path / "index").added == 1  # retried, now readable
     assert_same_index(index_contents(tmp_path / "index"), full_rebuild(inventory, model, tmp_path / "ref"))
+
+
+def test_jpeg_scans_are_counted_by_walking_the_segments():
+    """Standard progressive scripts are far below the limit; a hostile file is refused before decoding."""
+    from encoder.preprocess import DEFAULT_MAX_SCANS, ImageTooLargeError, jpeg_scan_count, load_image
+
+    def scans(img: Image.Image, **save: object) -> int:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", **save)
+        buf.seek(7)
+        count = jpeg_scan_count(buf, DEFAULT_MAX_SCANS)
+        assert buf.tell() == 7  # the position is kept
+        return count
+
+    assert scans(picture()) == 1
+    assert scans(picture(), restart_marker_blocks=1) == 1  # RSTn inside the scan
+    assert [scans(picture().convert(m), progressive=True) for m in ("L", "RGB", "CMYK")] == [6, 10, 18]
+    assert jpeg_scan_count(io.BytesIO(_bytes(picture(), "PNG")), 10) == 0
+    # a marker split across read chunks, fill bytes before it, garbage between segments
+    base = many_scans_jpeg(0, side=16)
+    padded = base[:-2] + b"\x00" * 5000 + b"\xff" * 4095 + base[-2:]
+    assert jpeg_scan_count(io.BytesIO(padded), 100) == 6
+    assert jpeg_scan_count(io.BytesIO(many_scans_jpeg(DEFAULT_MAX_SCANS - 6)), DEFAULT_MAX_SCANS) == 100
+    load_image(many_scans_jpeg(DEFAULT_MAX_SCANS - 6))  # at the limit: decoded
+    with pytest.raises(ImageTooLargeError, match="more than 100 scans"):
+        load_image(many_scans_jpeg(DEFAULT_MAX_SCANS - 5))
+    assert jpeg_scan_count(io.BytesIO(many_scans_jpeg(5000)), 100) == 101  # stops once past the limit

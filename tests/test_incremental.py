@@ -18,10 +18,13 @@ from tests.indexing_fixtures import (
     full_rebuild,
     imgrec_command,
     index_contents,
+    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
     make_model_dir,
     write_image,
 )
+
+pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +167,98 @@ def _listdir(d: Path) -> list[str]:
         return [str(p) for p in d.iterdir()]
     except OSError:  # the process ended
         return []
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_planning_in_several_processes_equals_one(tmp_path, model, workers):
+    """Workers split the folder by top-level ranges; their joined plan is the one-process plan."""
+    from indexer.db import open_database
+    from indexer.job import plan_changes
+
+    inventory, index = tmp_path / "inventory", tmp_path / "index"
+    paths = make_inventory(inventory, 60)
+    (inventory / "top-level.jpg").write_bytes(paths[0].read_bytes())  # a file beside the folders
+    run_index(inventory, model, index)
+    for p in paths[:5]:
+        p.unlink()
+    for p in paths[5:8]:
+        write_image(p, seed=900 + paths.index(p), size=30)
+    for p in paths[8:12]:
+        os.utime(p, ns=(5, 5))
+    make_inventory(inventory, 4, start=300)
+    (inventory / "zz-new-folder").mkdir()
+    write_image(inventory / "zz-new-folder" / "a.png", seed=77)
+
+    engine = open_database(index)
+    try:
+        live = open_snapshot(index).generation.item_count
+        one = plan_changes(engine, index, inventory, False, live, workers=1)
+        many = plan_changes(engine, index, inventory, False, live, workers=workers)
+    finally:
+        engine.dispose()
+    assert many == one
+    assert (len(one.embed), len(one.delete), len(one.touch), one.unchanged) == (8, 5, 4, 53)
+    s = run_index(inventory, model, index, IndexOptions(plan_workers=workers))
+    assert (s.added, s.updated, s.deleted) == (5, 3, 5)
+    assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "ref"))
+
+
+def settled_folders(index: Path) -> dict[str, tuple]:
+    import sqlite3
+
+    db = sqlite3.connect(index / "catalog.sqlite")
+    try:
+        return {p: (d, live, skipped) for p, d, live, skipped in db.execute("SELECT * FROM folders")}
+    finally:
+        db.close()
+
+
+def test_settled_folders_skip_the_ledger_and_follow_every_change(tmp_path, model):
+    import shutil
+
+    inventory, index = tmp_path / "inventory", tmp_path / "index"
+    paths = make_inventory(inventory, 36)
+    (inventory / "boxes" / "notes.txt").write_text("not an image")
+    run_index(inventory, model, index)
+    settled = settled_folders(index)
+    assert settled[""][1:] == (0, 0)  # the root holds only folders
+    assert settled["boxes/"][1:] == (6, 1) and len(settled) == 7
+    assert run_index(inventory, model, index).published == []
+    assert settled_folders(index) == settled  # a no-change run writes nothing
+
+    gone = sorted((inventory / "mugs").iterdir())
+    shutil.rmtree(inventory / "mugs")  # a settled folder vanishes: its items leave
+    os.utime(paths[1], ns=(7, 7))  # touched: same bytes
+    s = run_index(inventory, model, index)
+    assert (s.deleted, s.decoded, s.unchanged) == (len(gone), 0, 30)
+    assert "mugs/" not in settled_folders(index)
+    assert settled_folders(index)[f"{paths[1].parent.name}/"][0] != settled[f"{paths[1].parent.name}/"][0]
+    assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "ref"))
+
+    assert CliRunner().invoke(cli, ["rollback", str(index)]).exit_code == 0
+    assert settled_folders(index) == {}  # rollback rewrote ledger rows: every folder is compared again
+    s = run_index(inventory, model, index)
+    assert s.deleted == len(gone) and len(settled_folders(index)) == 6
+    assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "ref"))
+
+
+def test_a_folder_with_a_failed_file_is_compared_every_run(tmp_path, model):
+    inventory, index = tmp_path / "inventory", tmp_path / "index"
+    make_inventory(inventory, 12)
+    run_index(inventory, model, index)
+
+    def fails_once(files, encoder, **kw):  # noqa: ANN001, ANN003, ANN202 - one file "cannot be read"
+        from indexer.ingest import Decoded, EmbeddedBatch, embed_files
+
+        for batch in embed_files(files, encoder, **kw):
+            bad = [d for d in batch.ok if d.file.rel_path.endswith("new.png")]
+            keep = [i for i, d in enumerate(batch.ok) if d not in bad]
+            failed = [Decoded(d.file, "failed", "permission denied") for d in bad]
+            yield EmbeddedBatch([batch.ok[i] for i in keep], batch.vectors[keep], batch.rejected + failed)
+
+    write_image(inventory / "rugs" / "new.png", seed=99)
+    s = run_index(inventory, model, index, embedder=fails_once)
+    assert s.failed == 1 and "rugs/" not in settled_folders(index)
+    s = run_index(inventory, model, index)  # retried: the folder was not settled
+    assert s.added == 1 and "rugs/" in settled_folders(index)
+    assert_same_index(index_contents(index), full_rebuild(inventory, model, tmp_path / "ref"))

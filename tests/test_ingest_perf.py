@@ -72,13 +72,16 @@ def test_empty_input(setup) -> None:
 
 
 class RecordingEncoder:
-    """Wraps an encoder and records torch's thread count at each forward pass."""
+    """Wraps an encoder and records its compute thread count at each forward pass."""
 
     def __init__(self, inner):  # noqa: ANN001
-        self.inner, self.preprocess, self.dim, self.threads = inner, inner.preprocess, inner.dim, []
+        self.inner, self.threads = inner, []
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - everything else is the inner encoder's
+        return getattr(self.inner, name)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
-        self.threads.append(torch.get_num_threads())
+        self.threads.append(self.inner.get_threads())
         return self.inner.embed(x)
 
 
@@ -163,7 +166,7 @@ def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
 
     from indexer import InconsistentIndexError, open_snapshot, run_index
     from indexer.db import Item
-    from indexer.store import check_consistency, live_item_ids
+    from indexer.store import check_snapshot, live_item_ids
 
     files, _ = setup
     make_model_dir(tmp_path / "model")
@@ -173,9 +176,11 @@ def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
         want = sorted(session.scalars(select(Item.id).where(Item.deleted_generation.is_(None))))
         got = live_item_ids(session)
     assert got.dtype == np.int64 and got.tolist() == want
-    check_consistency(snap.index, snap.generation, got[::-1].copy())  # any order
-    with pytest.raises(InconsistentIndexError, match="1 catalog items not in FAISS, 2 FAISS ids not live"):
-        check_consistency(snap.index, snap.generation, np.append(got[2:], 10_000))
+    check_snapshot(snap, catalog_live=got[::-1].copy())  # any order
+    with pytest.raises(
+        InconsistentIndexError, match="1 catalog items not in the index, 2 ids in the index not live"
+    ):
+        check_snapshot(snap, catalog_live=np.append(got[2:], 10_000))
     snap.close()
 
 

@@ -6,17 +6,21 @@ import json
 import time
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from imgrec.cli import cli
 from indexer import IndexOptions, run_index
 from tests.indexing_fixtures import (
     forkserver,
+    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
     make_model_dir,
     mutate_inventory,
     reader_loop,
 )
+
+pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
 
 
 def test_reader_never_sees_an_error_or_a_mixed_generation(tmp_path):

@@ -19,7 +19,7 @@ from indexer import (
 )
 
 if TYPE_CHECKING:
-    from encoder.train import TrainConfig
+    from encoder.train import TrainConfig, TrainResult
     from imgrec.querying import QueryAnswer
     from indexer import JobSummary
 
@@ -35,6 +35,18 @@ EXPECTED_ERRORS = (
     NotADirectoryError,
     ValueError,
 )
+
+
+EXIT_STORAGE = 74  # sysexits EX_IOERR: the index could not be written (disk full...); nothing published
+
+
+class StorageFailure(click.ClickException):
+    """A write to the index failed: one clear line, exit code `EXIT_STORAGE`."""
+
+    exit_code = EXIT_STORAGE
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror or str(error))
 
 
 def train_config(arch: str | None, overrides: dict) -> TrainConfig:
@@ -65,6 +77,46 @@ def epoch_bar(epochs: int) -> Iterator[Callable[[int, float, float], None]]:
 
 
 @contextmanager
+def stage_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """One progress bar per stage of fitting a pretrained preset (exporting, extracting N/M, fitting)."""
+    bars: dict[str, tqdm] = {}
+
+    def on_stage(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            unit = "img" if stage.startswith("extracting") else "step"
+            bars[stage] = tqdm(total=total, desc=stage, unit=unit, leave=True)
+        bar = bars[stage]
+        bar.update(done - bar.n)
+
+    try:
+        yield on_stage
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def echo_fitted(result: TrainResult) -> None:
+    """What fitting a pretrained preset did and wrote."""
+    cfg, t = result.fitted, result.fitted.training
+    reducer = f"{cfg.pretrained.reducer.upper()} to {cfg.code_dim}-d" if cfg.pretrained.code_dim else "none"
+    click.echo(
+        f"fitted on {t['images']} images: {cfg.feature_dim}-d features of {cfg.arch} at {cfg.preprocess.image_size} px "
+        f"({t['images_per_second']} img/s), reducer {reducer}, {result.seconds:.1f} s"
+    )
+    files = ["model.safetensors (reducer)", "config.json", "FINGERPRINT"]
+    if cfg.graph:
+        files.insert(2, f"{cfg.graph} (trunks, onnxruntime)")
+    click.echo(f"wrote {', '.join(files)}")
+    from encoder.feature_cache import cache_path
+
+    cache = cache_path(result.model_dir, cfg.trunk_fingerprint)
+    if cache.is_file():
+        click.echo(f"kept the features of {t['images']} images in {cache.parent}/ for `imgrec index`")
+
+
+@contextmanager
 def file_bar() -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """A progress bar over files to embed: (set total, advance)."""
     with tqdm(desc="indexing", unit="img", total=0) as bar:
@@ -87,6 +139,10 @@ def echo_summary(s: JobSummary) -> None:
         )
     else:
         click.echo("nothing changed; no new generation")
+    if s.merged:
+        click.echo(f"merged segments {s.merged} time(s)")
+    for warning in s.warnings:
+        click.echo(f"warning: {warning}")
     for path, reason in s.problems:
         click.echo(f"  not indexed: {path}: {reason}")
 

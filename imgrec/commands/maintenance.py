@@ -1,4 +1,4 @@
-"""Index upkeep commands: `status` (the ingest ledger) and `rollback`."""
+"""Index upkeep commands: `status` (the ingest ledger), `rollback` and `compact`."""
 
 from __future__ import annotations
 
@@ -67,3 +67,64 @@ def rollback(index_dir: str) -> None:
     except EXPECTED_ERRORS + (RuntimeError,) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"generation {target.id} is current again ({target.item_count} items)")
+
+
+@click.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False), envvar="IMGREC_INDEX")
+@click.option(
+    "--all", "everything", is_flag=True, help="Merge every segment into one (and drop masked vectors)."
+)
+@click.option(
+    "--keep",
+    "keep_generations",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Generations kept for rollback.",
+)
+@click.option("--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for an indexer run.")
+@click.option(
+    "--merge-factor",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    envvar="IMGREC_MERGE_FACTOR",
+    help="Segments of one size tier merged into one.",
+)
+def compact(
+    index_dir: str, everything: bool, keep_generations: int, wait_for_lock: float, merge_factor: int
+) -> None:
+    """Merge the index's segments by the size-tiered policy (the indexer also does after publishing).
+
+    Each merge publishes a generation with the same items; rollback skips it. A failed write
+    (disk full) leaves the current generation and exits with code 74.
+
+    Example:
+
+        imgrec compact shop-index --all
+    """
+    from imgrec.commands.common import EXPECTED_ERRORS, StorageFailure
+    from indexer.compaction import MergePolicy
+    from indexer.compaction import compact as run_compact
+    from indexer.db import open_database
+    from indexer.generations import index_lock, prune
+    from indexer.segments import StorageWriteError
+
+    try:
+        with index_lock(index_dir, wait=wait_for_lock):
+            engine = open_database(index_dir)
+            try:
+                published = run_compact(
+                    index_dir, engine, MergePolicy(factor=merge_factor), everything=everything
+                )
+                prune(index_dir, engine, keep_generations)
+            finally:
+                engine.dispose()
+    except StorageWriteError as e:
+        raise StorageFailure(e) from e
+    except EXPECTED_ERRORS + (RuntimeError,) as e:
+        raise click.ClickException(str(e)) from e
+    if published:
+        click.echo(f"merged {len(published)} time(s); generation {published[-1]} is current")
+    else:
+        click.echo("nothing to merge")

@@ -1,0 +1,106 @@
+"""Export a pretrained preset's trunks and pooling to ONNX (once, at train time); optional int8.
+
+    export_graph(FeatureExtractor(cfg), path, cfg.image_size)          # float32, same features
+    quantize_graph(path, out, calibration_batches)                      # static int8 (QDQ, per channel)
+
+The exported graph takes a normalised (B, 3, S, S) float32 batch (B dynamic) and returns the
+(B, C) unit features; onnxruntime runs it without torch. int8 changes the vectors (cosine to the
+float features ~0.97-0.99): it is its own preset, with its own fingerprint and measured figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+INPUT, OUTPUT = "image", "features"
+
+
+def export_graph(module, path: str | Path, image_size: int, max_batch: int = 1024) -> Path:  # noqa: ANN001 - nn.Module
+    """Write `module` (normalised (B, 3, S, S) -> (B, C)) as an ONNX graph at `path`, atomically."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    example = torch.zeros(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation chatter, not ours
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+        program.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def quantize_graph(src: str | Path, dst: str | Path, calibration: Iterable[np.ndarray]) -> Path:
+    """Static int8 quantisation of the graph at `src` (QDQ, per-channel weights), calibrated on batches.
+
+    `calibration`: normalised (B, 3, S, S) float32 batches of inventory images (a few hundred images).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            x = next(self.batches, None)
+            return None if x is None else {INPUT: np.ascontiguousarray(x, np.float32)}
+
+    dst = Path(dst)
+    prepared = dst.with_name(dst.name + f".pre-{os.getpid()}")
+    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+    try:
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        os.replace(tmp, dst)
+    finally:
+        prepared.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+class _quiet_exporter:
+    """Silence the exporter's progress prints and torchvision notices (it logs through `logging` and stdout)."""
+
+    def __enter__(self) -> None:
+        import contextlib
+        import io
+
+        self._loggers = [
+            logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")
+        ]
+        self._levels = [lg.level for lg in self._loggers]
+        for lg in self._loggers:
+            lg.setLevel(logging.ERROR)
+        self._out = contextlib.redirect_stdout(io.StringIO())
+        self._out.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._out.__exit__(*exc)
+        for lg, level in zip(self._loggers, self._levels, strict=True):
+            lg.setLevel(level)
