@@ -39,14 +39,15 @@ def build_catalog(path: Path, n: int, per_product: int, seed: int = 0) -> None:
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
-    from indexer.db import make_engine, utcnow
-    from indexer.products_db import AttributeType, Product, ProductAttribute, ProductsBase, items_table
+    from indexer.db import AttributeType, Base, Item, Product, ProductAttribute, make_engine, utcnow
+
+    ITEMS = Item.__table__
 
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     engine = make_engine(f"sqlite:///{tmp}")
-    ProductsBase.metadata.create_all(engine)
+    Base.metadata.create_all(engine)
     p = n // per_product
     now = utcnow()
     color = rng.integers(0, len(COLORS), p)
@@ -84,7 +85,7 @@ def build_catalog(path: Path, n: int, per_product: int, seed: int = 0) -> None:
         for lo in range(0, n, 100_000):
             hi = min(n, lo + 100_000)
             session.execute(
-                sa.insert(items_table),
+                sa.insert(ITEMS),
                 [dict(id=i + 1, path=f"img/{i:07d}.jpg", label=LABELS[labels[i]], sha256="0" * 64, size=1, mtime_ns=0,
                       width=1, height=1, added_generation=1, deleted_generation=None, created_at=now, updated_at=now,
                       product_id=None if i % 1000 == 999 else i // per_product + 1) for i in range(lo, hi)],
@@ -122,21 +123,21 @@ def main() -> None:
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
-    from indexer.db import make_engine
+    from indexer.db import Item, make_engine
     from indexer.filter_columns import evaluate, matching_ids, read_item_columns
     from indexer.filter_sql import attribute_types_of, item_condition
     from indexer.filters import parse_filter
-    from indexer.products_db import items_table
 
     path = CACHE / f"filter-eval-v2-{args.n}x{args.images_per_product}.sqlite"  # v2: covering indexes
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         build_catalog(path, args.n, args.images_per_product)
     engine = make_engine(f"sqlite:///{path}")
-    live = items_table.c.deleted_generation.is_(None)
+    ITEMS = Item.__table__
+    live = ITEMS.c.deleted_generation.is_(None)
     with Session(engine) as session:
         types = attribute_types_of(session)
-        ids = np.asarray(session.scalars(sa.select(items_table.c.id).where(live)).all(), np.int64)
+        ids = np.asarray(session.scalars(sa.select(ITEMS.c.id).where(live)).all(), np.int64)
         t = time.perf_counter()
         cols = read_item_columns(session, ids)
         read_s = time.perf_counter() - t
@@ -145,11 +146,7 @@ def main() -> None:
         for s in SELECTIVITIES:
             for shape, text in filters(s).items():
                 expr = parse_filter(text, types)
-                query = (
-                    sa.select(items_table.c.id)
-                    .where(live, item_condition(expr, types))
-                    .order_by(items_table.c.id)
-                )
+                query = sa.select(ITEMS.c.id).where(live, item_condition(expr, types)).order_by(ITEMS.c.id)
                 numpy_mask_s, mask = timed(lambda e=expr: evaluate(e, cols), args.repeats)
                 numpy_ids_s, got = timed(lambda e=expr: matching_ids(e, cols), args.repeats)
                 sql_s, want = timed(lambda q=query: session.scalars(q).all(), max(3, args.repeats // 3))

@@ -25,9 +25,11 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from indexer.db import VALUE_COLUMNS, AttributeType, Item, Product, ProductAttribute
 from indexer.filter_sql import PRODUCT_COLUMNS
 from indexer.filters import ITEM_FIELDS, NUMBER, STRING, And, Compare, Expr, In, Not, known_types, names_in
-from indexer.products_db import VALUE_COLUMNS, AttributeType, Product, ProductAttribute, items_table
+
+ITEMS = Item.__table__
 
 CHUNK = 50_000  # rows per SELECT when reading columns
 FEW_VALUES = 8  # IN lists up to this size are ORed comparisons; longer ones a lookup table
@@ -195,7 +197,7 @@ def read_item_columns(
     session: Session,
     ids: np.ndarray,
     names: Iterable[str] | None = None,
-    items: sa.Table = items_table,
+    items: sa.Table = ITEMS,
 ) -> ItemColumns:
     """The columns of the items `ids` (a generation's live ids), read CHUNK rows at a time.
 

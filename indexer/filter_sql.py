@@ -20,8 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from indexer.db import VALUE_COLUMNS, AttributeType, Item, Product, ProductAttribute
 from indexer.filters import ITEM_FIELDS, NUMBER, STRING, And, Compare, Expr, In, Not, Or, Value, names_in
-from indexer.products_db import VALUE_COLUMNS, AttributeType, Product, ProductAttribute, items_table
+
+ITEMS = Item.__table__
 
 products = Product.__table__
 attributes = ProductAttribute.__table__
@@ -29,9 +31,7 @@ PRODUCT_COLUMNS = {"product_id": "product_key", "title": "title", "price": "pric
 SQL_TYPES = {STRING: sa.Text(), NUMBER: sa.Float(), "boolean": sa.Boolean()}
 
 
-def item_condition(
-    expr: Expr, attribute_types: dict[str, str], items: sa.Table = items_table
-) -> ColumnElement:
+def item_condition(expr: Expr, attribute_types: dict[str, str], items: sa.Table = ITEMS) -> ColumnElement:
     """A WHERE condition over `items` selecting the images that match `expr` (checked beforehand)."""
     if not names_in(expr) & ITEM_FIELDS:
         return _lift(expr, attribute_types, items)
@@ -47,7 +47,7 @@ def product_condition(
     expr: Expr,
     attribute_types: dict[str, str],
     live_items: ColumnElement,
-    items: sa.Table = items_table,
+    items: sa.Table = ITEMS,
 ) -> ColumnElement:
     """A WHERE condition over `products`: products with at least one live image that matches.
 

@@ -23,23 +23,25 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from indexer.catalog_file import Catalog, CatalogProduct
-from indexer.filter_sql import product_condition
-from indexer.filters import Expr
-from indexer.products_db import (
+from indexer.db import (
     VALUE_COLUMNS,
     AttributeType,
+    Item,
     Product,
     ProductAttribute,
     ProductChange,
-    items_table,
 )
+from indexer.filter_sql import product_condition
+from indexer.filters import Expr
+
+ITEMS = Item.__table__
 
 CHUNK = 500  # ids per IN (...) look-up
 MAX_FACET_VALUES = 100  # distinct values listed per string attribute (the most frequent)
 
 products = Product.__table__
 attributes = ProductAttribute.__table__
-LIVE_ITEMS = items_table.c.deleted_generation.is_(None)
+LIVE_ITEMS = ITEMS.c.deleted_generation.is_(None)
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ def sync_products(session: Session, catalog: Catalog, generation_id: int) -> Pro
 
 
 def link_items(
-    session: Session, image_products: dict[str, str], ids: dict[str, int], items: sa.Table = items_table
+    session: Session, image_products: dict[str, str], ids: dict[str, int], items: sa.Table = ITEMS
 ) -> dict[int, int | None]:
     """Point every live item at its product (`image_products`: path -> product_id; others: none).
 
@@ -278,9 +280,9 @@ def product_images(
     out: dict[int, list[tuple[int, str]]] = {}
     for chunk in _chunks(list(dict.fromkeys(ids))):
         query = (
-            sa.select(items_table.c.product_id, items_table.c.id, items_table.c.path)
-            .where(items_table.c.product_id.in_(chunk), live)
-            .order_by(items_table.c.id)
+            sa.select(ITEMS.c.product_id, ITEMS.c.id, ITEMS.c.path)
+            .where(ITEMS.c.product_id.in_(chunk), live)
+            .order_by(ITEMS.c.id)
         )
         for pid, item_id, path in session.execute(query):
             out.setdefault(pid, []).append((item_id, path))
@@ -314,7 +316,7 @@ def list_products(
     :raise BadCursorError: `cursor` was not made here.
     """
     after = _decode_cursor(cursor) if cursor else 0
-    has_live = sa.select(items_table.c.id).where(items_table.c.product_id == products.c.id, live).exists()
+    has_live = sa.select(ITEMS.c.id).where(ITEMS.c.product_id == products.c.id, live).exists()
     where = product_condition(expr, attribute_types, live) if expr is not None else has_live
     query = (
         sa.select(products.c.id)
@@ -351,7 +353,7 @@ def attribute_facets(session: Session, live: ColumnElement = LIVE_ITEMS) -> list
         sa.select(products.c.id)
         .where(
             products.c.deleted_generation.is_(None),
-            sa.select(items_table.c.id).where(items_table.c.product_id == products.c.id, live).exists(),
+            sa.select(ITEMS.c.id).where(ITEMS.c.product_id == products.c.id, live).exists(),
         )
         .subquery()
     )

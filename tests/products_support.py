@@ -1,70 +1,25 @@
-"""Catalog databases with products for tests: the real migrations on a real SQLite file, rows inserted.
-
-Until migration 0002 exists on this branch, 0003 (migrations/pending/) cannot run through Alembic's
-script directory; `products_database` then applies its `upgrade()` with Alembic's own operations on
-top of the head, exactly what `alembic upgrade` would run.
-"""
+"""Catalog databases with products for tests: the real migrations (Alembic, to head) on a real SQLite
+file, then rows inserted in bulk."""
 
 from __future__ import annotations
 
-import importlib.util
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import sqlalchemy as sa
-from alembic.operations import Operations
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from indexer.db import make_engine, utcnow
-from indexer.migrate import upgrade
-from indexer.products_db import VALUE_COLUMNS, AttributeType, Product, ProductAttribute, items_table
+from indexer.db import VALUE_COLUMNS, AttributeType, Item, Product, ProductAttribute, open_database
 
-ROOT = Path(__file__).resolve().parents[1]
-MIGRATION_0003 = next(
-    p for p in (ROOT / "migrations" / d / "0003_products.py" for d in ("versions", "pending")) if p.exists()
-)
-
-
-def migration_0003() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("migration_0003_products", MIGRATION_0003)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_migration(engine: Engine, step: str = "upgrade") -> None:
-    """Run 0003's `upgrade` or `downgrade` inside one SQLite BEGIN ... COMMIT.
-
-    pysqlite commits before DDL on its own unless the transaction is begun explicitly (the
-    documented SQLAlchemy recipe: driver autocommit, then BEGIN on every SQLAlchemy begin).
-    """
-    module = migration_0003()
-    tx_engine = sa.create_engine(engine.url, connect_args={"isolation_level": None})
-
-    @sa.event.listens_for(tx_engine, "begin")
-    def _begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN")
-
-    try:
-        with tx_engine.begin() as conn:
-            ctx = MigrationContext.configure(conn, opts={"render_as_batch": True})
-            with Operations.context(ctx):
-                getattr(module, step)()
-    finally:
-        tx_engine.dispose()
+ITEMS = Item.__table__
 
 
 def products_database(path: Path) -> Engine:
-    """A catalog at the migrations' head plus 0003 (when Alembic has not applied it already)."""
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    engine = make_engine(url)
-    if "products" not in sa.inspect(engine).get_table_names():
-        run_migration(engine)
-    return engine
+    """A catalog at the migrations' head (`path` names the catalog file; its folder is the index dir)."""
+    assert path.name == "catalog.sqlite", path
+    return open_database(path.parent)
 
 
 @dataclass
@@ -93,7 +48,7 @@ def insert_catalog(
     session: Session, attribute_types: dict[str, str], products: list[ProductRow], items: list[ItemRow]
 ) -> dict[str, int]:
     """Insert the rows (bulk); returns products.id by key."""
-    now = utcnow()
+    now = dt.datetime(2026, 1, 1)
     if attribute_types:
         session.execute(
             sa.insert(AttributeType), [{"name": n, "type": t} for n, t in attribute_types.items()]
@@ -133,7 +88,7 @@ def insert_catalog(
         session.execute(sa.insert(ProductAttribute), rows)
     if items:
         session.execute(
-            sa.insert(items_table),
+            sa.insert(ITEMS),
             [
                 dict(
                     id=it.id,

@@ -18,6 +18,7 @@ from products_support import ItemRow, ProductRow, clear, insert_catalog, product
 from sqlalchemy.orm import Session
 
 from indexer import filter_columns
+from indexer.db import Item, Product
 from indexer.filter_columns import (
     BoolColumn,
     NumberColumn,
@@ -28,9 +29,10 @@ from indexer.filter_columns import (
 )
 from indexer.filter_sql import attribute_types_of, item_condition, product_condition
 from indexer.filters import ITEM_FIELDS, And, Compare, Expr, In, Not, Or, parse_filter
-from indexer.products_db import Product, items_table
 
-LIVE = items_table.c.deleted_generation.is_(None)
+ITEMS = Item.__table__
+
+LIVE = ITEMS.c.deleted_generation.is_(None)
 
 SHOP_TYPES = {"color": "string", "size": "number", "organic": "boolean"}
 SHOP_PRODUCTS = [
@@ -60,12 +62,12 @@ def shop(tmp_path_factory):
 
 
 def sql_ids(session: Session, expr: Expr, types: dict[str, str]) -> list[int]:
-    query = sa.select(items_table.c.id).where(LIVE, item_condition(expr, types)).order_by(items_table.c.id)
+    query = sa.select(ITEMS.c.id).where(LIVE, item_condition(expr, types)).order_by(ITEMS.c.id)
     return session.scalars(query).all()
 
 
 def live_ids(session: Session) -> np.ndarray:
-    return np.asarray(session.scalars(sa.select(items_table.c.id).where(LIVE)).all(), np.int64)
+    return np.asarray(session.scalars(sa.select(ITEMS.c.id).where(LIVE)).all(), np.int64)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +114,7 @@ def test_sql_binds_every_literal(shop):
     with Session(shop) as session:
         types = attribute_types_of(session)
     expr = parse_filter('color = "x\'; DROP TABLE items; --" OR size IN (1, 2) OR organic', types)
-    compiled = sa.select(items_table.c.id).where(item_condition(expr, types)).compile(shop)
+    compiled = sa.select(ITEMS.c.id).where(item_condition(expr, types)).compile(shop)
     assert "DROP" not in str(compiled) and "color" not in str(compiled)
     assert "x'; DROP TABLE items; --" in compiled.params.values()
     assert "color" in compiled.params.values()

@@ -11,6 +11,7 @@ from products_support import ItemRow, insert_catalog, products_database
 from sqlalchemy.orm import Session
 
 from indexer.catalog_file import read_catalog
+from indexer.db import Item, ProductChange
 from indexer.filter_sql import attribute_types_of
 from indexer.filters import parse_filter
 from indexer.products import (
@@ -23,7 +24,8 @@ from indexer.products import (
     product_records,
     sync_products,
 )
-from indexer.products_db import ProductChange, items_table
+
+ITEMS = Item.__table__
 
 IMAGES = [f"img/{i}.png" for i in range(1, 9)]
 
@@ -38,8 +40,8 @@ def shop(tmp_path: Path):
     engine = products_database(tmp_path / "catalog.sqlite")
     with Session(engine) as session, session.begin():
         insert_catalog(session, {}, [], [ItemRow(i, "img") for i in range(1, 9)])
-        session.execute(sa.update(items_table).values(path=sa.func.printf("img/%d.png", items_table.c.id)))
-        session.execute(sa.update(items_table).where(items_table.c.id == 8).values(deleted_generation=1))
+        session.execute(sa.update(ITEMS).values(path=sa.func.printf("img/%d.png", ITEMS.c.id)))
+        session.execute(sa.update(ITEMS).where(ITEMS.c.id == 8).values(deleted_generation=1))
         session.execute(
             sa.text(
                 "INSERT INTO generations (id, status, faiss_file, item_count, ids_sha256, model_fingerprint, "

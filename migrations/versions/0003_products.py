@@ -3,8 +3,9 @@
 Products with typed attributes (entity-attribute-value), the attribute types, the product changes of
 each generation (for rollback), and `items.product_id`.
 
-Lives in migrations/pending/ until migration 0002 (segments) exists on the branch: Alembic refuses a
-revision whose down_revision is missing, so moving it into versions/ is the integration's first step.
+The whole upgrade runs in one SQLite transaction (`indexer.migrate.upgrade`): a run killed half-way
+leaves the catalog at 0002, and the next run upgrades it again. `items.product_id` is added with
+SQLite's own ADD COLUMN (instant at 1M items; batch mode would copy the table).
 
 Revision ID: 0003
 Revises: 0002
