@@ -155,6 +155,13 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     envvar="IMGREC_DASK",
     help="Decode and embed on Dask: a scheduler address (tcp://host:8786) or local[:N] workers.",
 )
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="IMGREC_CATALOG",
+    help="Product catalog (CSV or JSON Lines, one row per image): see docs/products.md.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index(
     inventory: str,
@@ -176,6 +183,11 @@ def index(
         imgrec index --inventory shop/photos --model models/conv --index shop-index
 
         imgrec index ... --dask tcp://scheduler:8786 --index-type ivf
+
+        imgrec index ... --catalog shop/products.csv
+
+    With a catalog, a bad row is reported (line and reason) and left out; the run publishes
+    everything good and exits 1 only when nothing at all could be indexed.
     """
     from contextlib import nullcontext
 
@@ -200,6 +212,8 @@ def index(
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         common.echo_summary(summary)
+    if options.get("catalog") and summary.added + summary.updated + summary.unchanged == 0:
+        raise click.ClickException("nothing could be indexed: see the problems above")
 
 
 @contextmanager

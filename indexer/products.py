@@ -26,6 +26,7 @@ from indexer.catalog_file import Catalog, CatalogProduct
 from indexer.db import (
     VALUE_COLUMNS,
     AttributeType,
+    GenerationChange,
     Item,
     Product,
     ProductAttribute,
@@ -396,3 +397,96 @@ def _chunks(ids: Iterable[int]) -> Iterator[list[int]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+# -- the indexer's steps -------------------------------------------------------------------------
+
+MAX_PROBLEMS_STORED = 200  # catalog row problems kept in a generation's summary (`imgrec status`)
+
+
+def catalog_summary(catalog: Catalog) -> dict:
+    """What a generation records about the catalog it was built with (its summary's "catalog")."""
+    return {
+        "file": catalog.path.name,
+        "sha256": catalog.sha256,
+        "rows": catalog.rows,
+        "products": len(catalog.products),
+        "images": sum(len(p.images) for p in catalog.products.values()),
+        "attribute_types": dict(catalog.attribute_types),
+        "notes": list(catalog.notes),
+        "problems": [str(p) for p in catalog.problems[:MAX_PROBLEMS_STORED]],
+        "n_problems": len(catalog.problems),
+    }
+
+
+def store_catalog(
+    session: Session, catalog: Catalog, generation_id: int, *, record_changes: bool
+) -> ProductSync:
+    """The publish transaction's product step: sync the products, link every live item to its
+    product, and (with `record_changes`) record each relinked item for rollback."""
+    sync = sync_products(session, catalog, generation_id)
+    relinked = link_items(session, catalog.image_products, sync.ids)
+    if record_changes and relinked:
+        session.execute(
+            sa.insert(GenerationChange),
+            [
+                {
+                    "generation_id": generation_id,
+                    "item_id": i,
+                    "change": "relinked",
+                    "previous": {"product_id": p},
+                }
+                for i, p in relinked.items()
+            ],
+        )
+    return sync
+
+
+def undo_product_changes(session: Session, generation_ids: list[int], undone_id: int) -> None:
+    """Rollback's product step: restore the products changed by `generation_ids`, newest first."""
+    if not generation_ids:
+        return
+    changes = session.scalars(
+        sa.select(ProductChange)
+        .where(ProductChange.generation_id.in_(generation_ids))
+        .order_by(ProductChange.id.desc())
+    ).all()
+    for ch in changes:
+        if ch.change == "added":
+            values = {"deleted_generation": undone_id}
+        elif ch.change == "deleted":
+            values = {"deleted_generation": None}
+        else:  # updated: fields, attributes and digest as they were
+            prev = ch.previous or {}
+            values = {
+                k: prev.get(k) for k in ("title", "url", "price", "metadata_sha256", "deleted_generation")
+            }
+            session.execute(sa.delete(attributes).where(attributes.c.product_id == ch.product_id))
+            types = dict(session.execute(sa.select(AttributeType.name, AttributeType.type)).all())
+            rows = [
+                {
+                    "product_id": ch.product_id,
+                    "name": name,
+                    **dict.fromkeys(VALUE_COLUMNS.values()),
+                    VALUE_COLUMNS[_type_of(value, types.get(name))]: value,
+                }  # fmt: skip
+                for name, value in (prev.get("attributes") or {}).items()
+            ]
+            if rows:
+                session.execute(sa.insert(attributes), rows)
+        session.execute(sa.update(products).where(products.c.id == ch.product_id).values(**values))
+
+
+def restore_attribute_types(session: Session, types: dict[str, str]) -> None:
+    """Make `attribute_types` hold `types` (rollback: the target generation's catalog types)."""
+    session.execute(sa.delete(AttributeType))
+    if types:
+        session.execute(sa.insert(AttributeType), [{"name": n, "type": t} for n, t in types.items()])
+
+
+def _type_of(value: object, known: str | None) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return known if known == "string" else "string"

@@ -145,6 +145,23 @@ def echo_summary(s: JobSummary) -> None:
         click.echo(f"warning: {warning}")
     for path, reason in s.problems:
         click.echo(f"  not indexed: {path}: {reason}")
+    if s.catalog is not None:
+        echo_catalog(s.catalog)
+
+
+def echo_catalog(c: dict) -> None:
+    """A catalog's description (`products.catalog_summary`): counts, types, notes, row problems."""
+    types = ", ".join(f"{n} ({t})" for n, t in c["attribute_types"].items()) or "none"
+    click.echo(f"catalog {c['file']}: {c['rows']} rows, {c['products']} products, {c['images']} images")
+    click.echo(f"  attributes: {types}")
+    for note in c["notes"]:
+        click.echo(f"  {note}")
+    if c["n_problems"]:
+        click.echo(f"  {c['n_problems']} rows left out:")
+    for problem in c["problems"]:
+        click.echo(f"    {problem}")
+    if c["n_problems"] > len(c["problems"]):
+        click.echo(f"    ... and {c['n_problems'] - len(c['problems'])} more")
 
 
 def echo_answer(a: QueryAnswer) -> None:
