@@ -1,0 +1,208 @@
+"""The one query path: decode -> embed -> novelty -> search (filter, group) -> catalog look-up.
+
+    opts = SearchOptions(k=5, filter='color = "red"', group_by=None)    # None: by product with a catalog
+    plan = plan_search(snap, opts)                       # parses the filter (FilterError), once per request
+    answers = search(snap, xq, plan)                     # vectors -> one SearchAnswer per query
+    answers, novelty = answer_images(snap, images, opts) # PIL images (the CLI, eval, the demo)
+
+The CLI (`imgrec query`), the API (`search_api.engine`, which batches the embedding across requests
+and then calls `search`), eval (`indexer.evaluation`) and the demo all answer through here.
+
+Grouping by product: k distinct products ranked by their best-matching image. The search asks for
+3k images, keeps the first hit of each product (an image without a product is a group of its own),
+and asks again for twice as many while a query has fewer than k groups and more images could match.
+The first k distinct products of an exact ranked list are exactly the k best products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from indexer.filtered_search import search_allowed
+from indexer.filters import Expr
+from indexer.products import ProductRecord
+from indexer.segment_search import member
+from indexer.store import Hit, Snapshot
+
+GROUP_BY = ("product", "none")
+GROUP_FETCH = 3  # images fetched per wanted product at first (doubled while short)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    k: int = 10
+    label: str | None = None  # only items with this label (the image's folder)
+    filter: str | None = None  # the filter language (docs/products.md)
+    group_by: str | None = None  # product | none; None: product when the generation has a catalog
+    params: faiss.SearchParameters | None = None  # approximate indexes' knobs (indexer.ann)
+    exclude: int | None = None  # an item never returned (similar-item search)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A request's options resolved against one snapshot (the filter parsed and matched)."""
+
+    k: int
+    allowed: np.ndarray | None  # sorted item ids that may be returned; None: all
+    grouped: bool
+    params: faiss.SearchParameters | None
+    exclude: int | None
+    filter: Expr | None = None
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """One result: an image hit, its product, and (grouped) the product's other images."""
+
+    hit: Hit  # grouped: the product's best-matching image
+    product: ProductRecord | None
+    images: list[ImageRef] | None = None  # grouped only: its other images in this generation
+
+    @property
+    def rank(self) -> int:
+        return self.hit.rank
+
+
+@dataclass
+class SearchAnswer:
+    results: list[Result] = field(default_factory=list)
+    grouped: bool = False
+    exact: bool = True  # False: an approximate index answered (results may miss closer items)
+
+    @property
+    def hits(self) -> list[Hit]:
+        return [r.hit for r in self.results]
+
+
+def plan_search(snap: Snapshot, opts: SearchOptions) -> SearchPlan:
+    """Resolve `opts` on `snap`.
+
+    :raise FilterError: a bad filter (where, why, the known names).
+    :raise ValueError: a bad `group_by` or `k`.
+    """
+    if opts.k < 1:
+        raise ValueError(f"k must be at least 1, got {opts.k}")
+    if opts.group_by not in (None, *GROUP_BY):
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, got {opts.group_by!r}")
+    view = snap.catalog_view()
+    expr = view.parse(opts.filter) if opts.filter is not None and opts.filter.strip() else None
+    allowed = snap.filter_ids(expr) if expr is not None else None
+    if opts.label is not None:
+        labelled = snap.label_ids(opts.label)
+        allowed = labelled if allowed is None else allowed[member(allowed, labelled)]
+    grouped = opts.group_by == "product" or (opts.group_by is None and view.has_catalog)
+    return SearchPlan(opts.k, allowed, grouped, opts.params, opts.exclude, expr)
+
+
+def search(snap: Snapshot, xq: np.ndarray, plan: SearchPlan) -> list[SearchAnswer]:
+    """Results for each query vector (as the index's model embeds), best first."""
+    xq = np.atleast_2d(np.asarray(xq, np.float32))
+    n_candidates = len(plan.allowed) if plan.allowed is not None else snap.generation.item_count
+    extra = 1 if plan.exclude is not None else 0
+    if not plan.grouped:
+        D, I, exact = _raw(snap, xq, plan.k + extra, plan)  # noqa: E741
+        hits = _hits(snap, D, I, plan.exclude)
+        products = snap.catalog_view().products_of([h.id for row in hits for h in row])
+        return [
+            SearchAnswer([Result(h, products.get(h.id)) for h in row[: plan.k]], False, exact) for row in hits
+        ]
+    answers: list[SearchAnswer | None] = [None] * len(xq)
+    todo = np.arange(len(xq))
+    width = min(n_candidates, GROUP_FETCH * plan.k) + extra
+    while len(todo):
+        D, I, exact = _raw(snap, xq[todo], max(1, width), plan)  # noqa: E741
+        hits = _hits(snap, D, I, plan.exclude)
+        exhausted = width >= n_candidates + extra
+        short = []
+        for row, q in enumerate(todo):
+            answer = _group(snap, hits[row], plan.k, exact)
+            if len(answer.results) < plan.k and not exhausted:
+                short.append(q)
+            else:
+                answers[q] = answer
+        todo = np.asarray(short, np.int64)
+        width = min(n_candidates + extra, width * 2)
+    return answers  # type: ignore[return-value]
+
+
+def embed(snap: Snapshot, batch: np.ndarray, novelty: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embed a normalised image batch (B, 3, S, S) with the index's model; the novelty percentiles
+    when the model offers them (and `novelty`)."""
+    enc = snap.encoder
+    xq = enc.embed(batch)
+    fn = getattr(enc, "novelty_percentile", None) if novelty else None
+    values = fn(batch) if fn is not None else None
+    return xq, None if values is None else np.asarray(values, np.float64)
+
+
+def answer_images(
+    snap: Snapshot, images: list, opts: SearchOptions, novelty: bool = True
+) -> tuple[list[SearchAnswer], np.ndarray | None]:
+    """Decoded query images (PIL) -> answers and novelty percentiles (the CLI, eval, the demo).
+
+    :raise FilterError: a bad filter.
+    """
+    plan = plan_search(snap, opts)
+    if not images:
+        return [], None
+    pre = snap.encoder.preprocess
+    batch = np.stack([pre.to_array(im) for im in images])
+    xq, nov = embed(snap, batch, novelty)
+    return search(snap, xq, plan), nov
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+def _raw(snap: Snapshot, xq: np.ndarray, k: int, plan: SearchPlan) -> tuple[np.ndarray, np.ndarray, bool]:
+    if plan.allowed is not None:
+        return search_allowed(snap, xq, k, plan.allowed, plan.params)
+    D, I = snap.search(xq, k, params=plan.params)  # noqa: E741
+    return D, I, all(s.index_type == "flat" for s in snap.segments)
+
+
+def _hits(snap: Snapshot, D: np.ndarray, I: np.ndarray, exclude: int | None) -> list[list[Hit]]:  # noqa: E741
+    items = snap.items(np.unique(I[I >= 0]).tolist())
+    out = []
+    for drow, irow in zip(D, I, strict=True):
+        kept = [(float(d), int(i)) for d, i in zip(drow, irow, strict=True) if i >= 0 and i != exclude]
+        out.append(
+            [Hit(r, i, d, items[i]) for r, (d, i) in enumerate(((d, i) for d, i in kept if i in items), 1)]
+        )
+    return out
+
+
+def _group(snap: Snapshot, hits: list[Hit], k: int, exact: bool) -> SearchAnswer:
+    """The first hit of each product, best first, at most k; with each product's other images."""
+    view = snap.catalog_view()
+    products = view.products_of([h.id for h in hits])
+    best: list[tuple[Hit, ProductRecord | None]] = []
+    seen: set = set()
+    for h in hits:
+        product = products.get(h.id)
+        key = ("product", product.id) if product is not None else ("item", h.id)
+        if key in seen:
+            continue
+        seen.add(key)
+        best.append((Hit(len(best) + 1, h.id, h.score, h.item), product))
+        if len(best) == k:
+            break
+    images = view.images_of([p.id for _, p in best if p is not None])
+    results = [
+        Result(
+            h,
+            p,
+            [ImageRef(i, path) for i, path in images.get(p.id, []) if i != h.id] if p is not None else [],
+        )
+        for h, p in best
+    ]
+    return SearchAnswer(results, True, exact)
