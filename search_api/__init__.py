@@ -52,10 +52,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     metrics.init_app(app)
     engine.init_app(app)
 
-    from search_api import items, ops, pages, search
+    from search_api import items, ops, pages, products, search
 
     app.register_blueprint(search.bp)
     app.register_blueprint(items.bp)
+    app.register_blueprint(products.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(pages.bp)
     keep_slashes(app)
