@@ -239,22 +239,49 @@ def _dask_embedder(address: str, model_dir: str):  # noqa: ANN202 - yields an in
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Results per query.")
 @click.option("--label", default=None, help="Only items with this label.")
 @click.option(
+    "--filter",
+    "filter_text",
+    default=None,
+    help="Only products matching, e.g. 'color = \"red\" AND price < 50'.",
+)
+@click.option(
+    "--group-by",
+    type=click.Choice(["product", "none"]),
+    default=None,
+    help="product: k distinct products (the default with a catalog); none: k images.",
+)
+@click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write one result PNG per query."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON (with the product fields).")
 def query(
-    images: tuple[str, ...], index_dir: str, k: int, label: str | None, out_dir: str | None, as_json: bool
+    images: tuple[str, ...],
+    index_dir: str,
+    k: int,
+    label: str | None,
+    filter_text: str | None,
+    group_by: str | None,
+    out_dir: str | None,
+    as_json: bool,
 ) -> None:
-    """Find the k inventory items most like each query image (files or folders of images).
+    """Find the k inventory items (or products) most like each query image (files or folders).
+
+    A bad filter exits with status 2 and points at the problem.
 
     Example:
 
         imgrec query photo.jpg queries/ --index shop-index -k 5 --out results/
-    """
-    from imgrec.querying import run_queries
 
+        imgrec query photo.jpg --index shop-index --filter 'color = "red" AND price < 50' --json
+    """
+    from indexer.filters import FilterError
+    from indexer.querying import SearchOptions, run_queries
+
+    opts = SearchOptions(k=k, label=label, filter=filter_text, group_by=group_by)
     try:
-        answers = run_queries(images, index_dir, k=k, label=label, out_dir=out_dir)
+        answers = run_queries(images, index_dir, opts, out_dir=out_dir)
+    except FilterError as e:
+        raise click.UsageError(str(e)) from e
     except common.EXPECTED_ERRORS as e:
         raise click.ClickException(str(e)) from e
     if as_json:

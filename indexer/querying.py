@@ -17,6 +17,7 @@ The first k distinct products of an exact ranked list are exactly the k best pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -206,3 +207,116 @@ def _group(snap: Snapshot, hits: list[Hit], k: int, exact: bool) -> SearchAnswer
         for h, p in best
     ]
     return SearchAnswer(results, True, exact)
+
+
+# --- query files (the CLI, the demo) -----------------------------------------------------------
+
+
+@dataclass
+class QueryAnswer:
+    """One query file's answer (or its error)."""
+
+    query: str
+    answer: SearchAnswer = field(default_factory=SearchAnswer)
+    score_kind: str = "similarity"
+    novelty: float | None = None  # percentile of the inventory's own reconstruction errors
+    grid_path: str | None = None
+    error: str | None = None
+
+    @property
+    def hits(self) -> list[Hit]:
+        return self.answer.hits
+
+    @property
+    def novelty_text(self) -> str:
+        return "n/a" if self.novelty is None else f"{self.novelty:.0f}th percentile"
+
+    def as_dict(self) -> dict:
+        """The JSON the CLI prints: the API's result fields (product, grouped images) per result."""
+        return {
+            "query": self.query,
+            "error": self.error,
+            "score_kind": self.score_kind,
+            "novelty_percentile": self.novelty,
+            "grid": self.grid_path,
+            "group_by": "product" if self.answer.grouped else "none",
+            "exact": self.answer.exact,
+            "results": [_result_dict(r, self.answer.grouped) for r in self.answer.results],
+        }
+
+
+def _result_dict(r: Result, grouped: bool) -> dict:
+    h = r.hit
+    body = {
+        "rank": h.rank, "id": h.id, "score": h.score, "label": h.item.label, "path": h.item.path,
+        "product": r.product.as_dict() if r.product is not None else None,
+    }  # fmt: skip
+    if grouped:
+        body["images"] = [{"id": im.id, "path": im.path} for im in r.images or []]
+    return body
+
+
+def expand_queries(sources: tuple[str, ...] | list[str]) -> list[Path]:
+    """Files as given; folders expanded to the images they hold (recursively)."""
+    from encoder.images import find_images
+
+    out: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        out.extend(find_images(p) if p.is_dir() else [p])
+    return out
+
+
+def answer_queries(
+    snap: Snapshot, paths: list[Path], opts: SearchOptions, out_dir: str | Path | None = None
+) -> list[QueryAnswer]:
+    """Search every query file in one snapshot; unreadable queries get an error, not an exception.
+
+    :raise FilterError: a bad filter.
+    """
+    from encoder import ImageDecodeError, ImageTooLargeError, load_image
+
+    plan_search(snap, opts)  # a bad filter fails before any image is read
+    answers = [QueryAnswer(str(p), score_kind=snap.generation.score_kind) for p in paths]
+    images, ok = [], []
+    for a, p in zip(answers, paths, strict=True):
+        try:
+            images.append(load_image(p))
+            ok.append(a)
+        except (ImageDecodeError, ImageTooLargeError, OSError) as e:
+            a.error = str(e)
+    found, novelty = answer_images(snap, images, opts)
+    for i, a in enumerate(ok):
+        a.answer = found[i]
+        a.novelty = None if novelty is None else float(novelty[i])
+    if out_dir is not None:
+        from indexer.grids import save_result_grid
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for n, (a, im) in enumerate(zip(ok, images, strict=True), 1):
+            path = Path(out_dir) / f"{n:03d}-{Path(a.query).stem}.png"
+            save_result_grid(path, im, a.answer.results, snap, query_caption=f"query: {Path(a.query).name}")
+            a.grid_path = str(path)
+    return answers
+
+
+def run_queries(
+    sources: tuple[str, ...] | list[str],
+    index_dir: str | Path,
+    opts: SearchOptions,
+    out_dir: str | Path | None = None,
+) -> list[QueryAnswer]:
+    """Open the published index and answer every query image under `sources`.
+
+    :raise FilterError: a bad filter.
+    """
+    from indexer.store import open_snapshot
+
+    paths = expand_queries(sources)
+    if not paths:
+        raise ValueError("no query images found")
+    snap = open_snapshot(index_dir)
+    try:
+        return answer_queries(snap, paths, opts, out_dir=out_dir)
+    finally:
+        snap.close()

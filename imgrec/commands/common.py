@@ -20,8 +20,8 @@ from indexer import (
 
 if TYPE_CHECKING:
     from encoder.train import TrainConfig, TrainResult
-    from imgrec.querying import QueryAnswer
     from indexer import JobSummary
+    from indexer.querying import QueryAnswer
 
 # Failures a user can fix: shown as one clear line, not a traceback.
 EXPECTED_ERRORS = (
@@ -167,7 +167,13 @@ def echo_catalog(c: dict) -> None:
 def echo_answer(a: QueryAnswer) -> None:
     click.echo(f"\n{a.query}  ({a.score_kind}; novelty {a.novelty_text})")
     click.echo(f"{'rank':>4}  {a.score_kind:>10}  {'label':<16} path")
-    for h in a.hits:
-        click.echo(f"{h.rank:>4}  {h.score:>10.4f}  {h.item.label:<16} {h.item.path}")
+    for r in a.answer.results:
+        h, p = r.hit, r.product
+        product = (
+            ""
+            if p is None
+            else f"  [{p.product_id}] {p.title or ''}" + (f" {p.price:.2f}" if p.price is not None else "")
+        )
+        click.echo(f"{h.rank:>4}  {h.score:>10.4f}  {h.item.label:<16} {h.item.path}{product}")
     if a.grid_path:
         click.echo(f"grid: {a.grid_path}")
