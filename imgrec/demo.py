@@ -50,7 +50,7 @@ def write_demo_catalog(inventory: Path, path: Path, seed: int = 0) -> Path:
                 {
                     "product_id": f"{folder.name[:4].upper()}-{number:03d}",
                     "image": image.relative_to(inventory).as_posix(),
-                    "title": f"{COLOR_NAMES.get(folder.name, '').title()} {folder.name[:-1]} no. {number}",
+                    "title": f"{COLOR_NAMES.get(folder.name, 'grey').title()} {folder.name} #{number}",
                     "price": f"{rng.integers(5, 60) + 0.99:.2f}" if n % PHOTOS_PER_PRODUCT == 0 else "",
                     "color": COLOR_NAMES.get(folder.name, "grey"),
                 }
