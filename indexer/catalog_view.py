@@ -96,17 +96,38 @@ class CatalogView:
 
     # --- products ----------------------------------------------------------------------------
 
-    def products_of(self, item_ids: list[int]) -> dict[int, ProductRecord | None]:
-        """The product of each item (None: the item has none)."""
+    def products_of(self, item_ids: list[int], with_images: bool = False) -> dict[int, ProductRecord | None]:
+        """The product of each item (None: the item has none); with `with_images`, each product's
+        images are looked up in the same round trip (for grouped answers: `images_of`)."""
         wanted = list(dict.fromkeys(int(i) for i in item_ids))
         missing = [i for i in wanted if i not in self._product_of]
         if missing:
-            found: dict[int, int | None] = dict.fromkeys(missing)
             with Session(self.snap.engine) as session:
+                found: dict[int, int | None] = dict.fromkeys(missing)
+                images: dict[int, list[tuple[int, str]]] = {}
                 for chunk in chunks(missing, chunk_size(session)):
-                    query = sa.select(Item.id, Item.product_id).where(Item.id.in_(chunk))
-                    found.update((i, p) for i, p in session.execute(query))
+                    if with_images:  # every image of the hits' products: gives the hits' products too
+                        of_hits = sa.select(Item.product_id).where(
+                            Item.id.in_(chunk), Item.product_id.is_not(None)
+                        )
+                        query = (
+                            sa.select(Item.product_id, Item.id, Item.path)
+                            .where(Item.product_id.in_(of_hits))  # live ones kept by _in_snapshot
+                            .order_by(Item.id)
+                        )
+                        for pid, i, path in session.execute(query):
+                            images.setdefault(pid, []).append((i, path))
+                            if i in found:
+                                found[i] = pid
+                    else:
+                        query = sa.select(Item.id, Item.product_id).where(Item.id.in_(chunk))
+                        found.update((i, p) for i, p in session.execute(query))
+                pids = [p for p in dict.fromkeys(found.values()) if p is not None and p not in self._records]
+                records = product_records(session, pids) if pids else {}
             self._remember(self._product_of, found)
+            self._remember(self._records, records)
+            if images:
+                self._remember(self._images, self._in_snapshot(images))
         links = {i: self._product_of.get(i) for i in wanted}
         records = self.records([p for p in links.values() if p is not None])
         return {i: records.get(p) if p is not None else None for i, p in links.items()}
@@ -125,15 +146,20 @@ class CatalogView:
         if missing:
             with Session(self.snap.engine) as session:
                 got = product_images(session, missing)
-            live = self.snap.live_ids()
-            found = {}
-            for p in missing:
-                pairs = got.get(p, [])
-                ids = np.asarray([i for i, _ in pairs], np.int64)
-                keep = np.isin(ids, live) if len(ids) else np.zeros(0, bool)
-                found[p] = [pair for pair, k in zip(pairs, keep, strict=True) if k]
-            self._remember(self._images, found)
+            self._remember(self._images, self._in_snapshot({p: got.get(p, []) for p in missing}))
         return {p: self._images.get(p, []) for p in product_ids}
+
+    def _in_snapshot(self, images: dict[int, list[tuple[int, str]]]) -> dict[int, list[tuple[int, str]]]:
+        """Only the images live in this snapshot (the catalog's rows may be newer)."""
+        live = self.snap.live_ids()
+        out = {}
+        for p, pairs in images.items():
+            ids = np.asarray([i for i, _ in pairs], np.int64)
+            keep = (
+                live[np.minimum(np.searchsorted(live, ids), len(live) - 1)] == ids if len(live) else ids < 0
+            )
+            out[p] = [pair for pair, k in zip(pairs, keep, strict=True) if k]
+        return out
 
     def facets(self) -> list[dict]:
         """The generation's attribute facets (stored by the indexer; computed for older generations)."""

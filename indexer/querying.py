@@ -185,7 +185,7 @@ def _hits(snap: Snapshot, D: np.ndarray, I: np.ndarray, exclude: int | None) -> 
 def _group(snap: Snapshot, hits: list[Hit], k: int, exact: bool) -> SearchAnswer:
     """The first hit of each product, best first, at most k; with each product's other images."""
     view = snap.catalog_view()
-    products = view.products_of([h.id for h in hits])
+    products = view.products_of([h.id for h in hits], with_images=True)
     best: list[tuple[Hit, ProductRecord | None]] = []
     seen: set = set()
     for h in hits:
