@@ -17,15 +17,14 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.bulk import chunk_size, chunks
-from indexer.db import Item, read_snapshot
+from indexer.db import read_snapshot
 from indexer.filter_columns import ItemColumns, evaluate, read_item_columns
 from indexer.filter_sql import attribute_types_of
 from indexer.filters import Expr, parse_filter, to_text
-from indexer.products import ProductRecord, attribute_facets, product_images, product_records
+from indexer.products import ProductRecord, attribute_facets, product_records
 
 if TYPE_CHECKING:
     from indexer.store import Snapshot
@@ -96,39 +95,19 @@ class CatalogView:
 
     # --- products ----------------------------------------------------------------------------
 
-    def products_of(self, item_ids: list[int], with_images: bool = False) -> dict[int, ProductRecord | None]:
-        """The product of each item (None: the item has none); with `with_images`, each product's
-        images are looked up in the same round trip (for grouped answers: `images_of`)."""
+    def product_ids_of(self, item_ids: list[int]) -> dict[int, int | None]:
+        """products.id of each item (None: the item has none); cached."""
         wanted = list(dict.fromkeys(int(i) for i in item_ids))
         missing = [i for i in wanted if i not in self._product_of]
         if missing:
-            with Session(self.snap.engine) as session:
-                found: dict[int, int | None] = dict.fromkeys(missing)
-                images: dict[int, list[tuple[int, str]]] = {}
-                for chunk in chunks(missing, chunk_size(session)):
-                    if with_images:  # every image of the hits' products: gives the hits' products too
-                        of_hits = sa.select(Item.product_id).where(
-                            Item.id.in_(chunk), Item.product_id.is_not(None)
-                        )
-                        query = (
-                            sa.select(Item.product_id, Item.id, Item.path)
-                            .where(Item.product_id.in_(of_hits))  # live ones kept by _in_snapshot
-                            .order_by(Item.id)
-                        )
-                        for pid, i, path in session.execute(query):
-                            images.setdefault(pid, []).append((i, path))
-                            if i in found:
-                                found[i] = pid
-                    else:
-                        query = sa.select(Item.id, Item.product_id).where(Item.id.in_(chunk))
-                        found.update((i, p) for i, p in session.execute(query))
-                pids = [p for p in dict.fromkeys(found.values()) if p is not None and p not in self._records]
-                records = product_records(session, pids) if pids else {}
+            found: dict[int, int | None] = dict.fromkeys(missing)
+            found.update(self._rows("SELECT id, product_id FROM items WHERE id IN ({})", missing))
             self._remember(self._product_of, found)
-            self._remember(self._records, records)
-            if images:
-                self._remember(self._images, self._in_snapshot(images))
-        links = {i: self._product_of.get(i) for i in wanted}
+        return {i: self._product_of.get(i) for i in wanted}
+
+    def products_of(self, item_ids: list[int]) -> dict[int, ProductRecord | None]:
+        """The product of each item (None: the item has none)."""
+        links = self.product_ids_of(item_ids)
         records = self.records([p for p in links.values() if p is not None])
         return {i: records.get(p) if p is not None else None for i, p in links.items()}
 
@@ -141,13 +120,25 @@ class CatalogView:
         return {p: self._records[p] for p in product_ids if p in self._records}
 
     def images_of(self, product_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
-        """Each product's images in this snapshot: [(item id, path)] in item id order."""
+        """Each product's images in this snapshot: [(item id, path)] in item id order (cached)."""
         missing = [p for p in dict.fromkeys(product_ids) if p not in self._images]
         if missing:
-            with Session(self.snap.engine) as session:
-                got = product_images(session, missing)
-            self._remember(self._images, self._in_snapshot({p: got.get(p, []) for p in missing}))
+            got: dict[int, list[tuple[int, str]]] = {p: [] for p in missing}
+            sql = "SELECT product_id, id, path FROM items WHERE product_id IN ({}) ORDER BY id"
+            for pid, i, path in self._rows(sql, missing):
+                got[pid].append((i, path))
+            self._remember(self._images, self._in_snapshot(got))
         return {p: self._images.get(p, []) for p in product_ids}
+
+    def _rows(self, sql: str, ids: list[int]) -> list[tuple]:
+        """Rows of `sql` (its `IN ({})` filled with one placeholder per id, in chunks): these look-ups
+        run for every query, so they skip the ORM (its statement building costs more than SQLite)."""
+        out: list[tuple] = []
+        with Session(self.snap.engine) as session:
+            conn = session.connection()
+            for chunk in chunks(ids, chunk_size(session)):
+                out += conn.exec_driver_sql(sql.format(", ".join("?" * len(chunk))), tuple(chunk)).all()
+        return out
 
     def _in_snapshot(self, images: dict[int, list[tuple[int, str]]]) -> dict[int, list[tuple[int, str]]]:
         """Only the images live in this snapshot (the catalog's rows may be newer)."""

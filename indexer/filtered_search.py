@@ -21,8 +21,8 @@ import numpy as np
 from indexer import faiss_index
 from indexer.segment_search import merge_topk, segment_params
 
-DIRECT_MAX = 50_000  # at most this many matches: score their vectors directly (bench/filtered_search.py)
-DIRECT_SHARE = 0.05  # ... or at most this share of the generation's items
+DIRECT_MAX = 5_000  # at most this many matches: score their vectors directly (bench/filtered_search.py)
+DIRECT_SHARE = 0.005  # ... or at most this share of the generation's items
 
 
 def search_allowed(

@@ -121,11 +121,15 @@ def search(snap: Snapshot, xq: np.ndarray, plan: SearchPlan) -> list[SearchAnswe
     width = min(n_candidates, GROUP_FETCH * plan.k) + extra
     while len(todo):
         D, I, exact = _raw(snap, xq[todo], max(1, width), plan)  # noqa: E741
-        hits = _hits(snap, D, I, plan.exclude)
         exhausted = width >= n_candidates + extra
         short = []
         for row, q in enumerate(todo):
-            answer = _group(snap, hits[row], plan.k, exact)
+            ranked = [
+                (int(i), float(d))
+                for d, i in zip(D[row], I[row], strict=True)
+                if i >= 0 and i != plan.exclude
+            ]
+            answer = _group(snap, ranked, plan.k, exact)
             if len(answer.results) < plan.k and not exhausted:
                 short.append(q)
             else:
@@ -182,29 +186,33 @@ def _hits(snap: Snapshot, D: np.ndarray, I: np.ndarray, exclude: int | None) -> 
     return out
 
 
-def _group(snap: Snapshot, hits: list[Hit], k: int, exact: bool) -> SearchAnswer:
-    """The first hit of each product, best first, at most k; with each product's other images."""
+def _group(snap: Snapshot, ranked: list[tuple[int, float]], k: int, exact: bool) -> SearchAnswer:
+    """The first hit of each product in `ranked` ((item id, score), best first), at most k; with each
+    product's other images. Only the chosen hits' items and products are looked up."""
     view = snap.catalog_view()
-    products = view.products_of([h.id for h in hits], with_images=True)
-    best: list[tuple[Hit, ProductRecord | None]] = []
+    links = view.product_ids_of([i for i, _ in ranked])
+    best: list[tuple[int, float, int | None]] = []
     seen: set = set()
-    for h in hits:
-        product = products.get(h.id)
-        key = ("product", product.id) if product is not None else ("item", h.id)
+    for i, score in ranked:
+        pid = links.get(i)
+        key = ("product", pid) if pid is not None else ("item", i)
         if key in seen:
             continue
         seen.add(key)
-        best.append((Hit(len(best) + 1, h.id, h.score, h.item), product))
+        best.append((i, score, pid))
         if len(best) == k:
             break
-    images = view.images_of([p.id for _, p in best if p is not None])
+    items = snap.items([i for i, _, _ in best])
+    best = [b for b in best if b[0] in items]
+    pids = [p for _, _, p in best if p is not None]
+    records, images = view.records(pids), view.images_of(pids)
     results = [
         Result(
-            h,
-            p,
-            [ImageRef(i, path) for i, path in images.get(p.id, []) if i != h.id] if p is not None else [],
+            Hit(rank, i, score, items[i]),
+            records.get(p) if p is not None else None,
+            [ImageRef(j, path) for j, path in images.get(p, []) if j != i] if p is not None else [],
         )
-        for h, p in best
+        for rank, (i, score, p) in enumerate(best, 1)
     ]
     return SearchAnswer(results, True, exact)
 
