@@ -201,14 +201,25 @@ def sync_products(session: Session, catalog: Catalog, generation_id: int) -> Pro
 
 
 def link_items(
-    session: Session, image_products: dict[str, str], ids: dict[str, int], items: sa.Table = ITEMS
+    session: Session,
+    image_products: dict[str, str],
+    ids: dict[str, int],
+    items: sa.Table = ITEMS,
+    only: list[int] | None = None,
 ) -> dict[int, int | None]:
-    """Point every live item at its product (`image_products`: path -> product_id; others: none).
+    """Point every live item (or the items `only`) at its product (`image_products`: path ->
+    product_id; others: none).
 
     Returns {item id: previous products.id} for the items whose product changed (for rollback).
     """
     live = items.c.deleted_generation.is_(None)
-    current = session.execute(sa.select(items.c.id, items.c.path, items.c.product_id).where(live)).all()
+    query = sa.select(items.c.id, items.c.path, items.c.product_id).where(live)
+    if only is None:
+        current = session.execute(query).all()
+    else:
+        current = [
+            row for chunk in _chunks(only) for row in session.execute(query.where(items.c.id.in_(chunk)))
+        ]
     updates = []
     for item_id, path, product in current:
         key = image_products.get(path)
@@ -420,12 +431,18 @@ def catalog_summary(catalog: Catalog) -> dict:
 
 
 def store_catalog(
-    session: Session, catalog: Catalog, generation_id: int, *, record_changes: bool
+    session: Session,
+    catalog: Catalog,
+    generation_id: int,
+    *,
+    record_changes: bool,
+    only: list[int] | None = None,
 ) -> ProductSync:
-    """The publish transaction's product step: sync the products, link every live item to its
-    product, and (with `record_changes`) record each relinked item for rollback."""
+    """The publish transaction's product step: sync the products, link every live item (or, when
+    the catalog is already stored, the items `only`: those just embedded) to its product, and (with
+    `record_changes`) record each relinked item for rollback."""
     sync = sync_products(session, catalog, generation_id)
-    relinked = link_items(session, catalog.image_products, sync.ids)
+    relinked = link_items(session, catalog.image_products, sync.ids, only=only)
     if record_changes and relinked:
         session.execute(
             sa.insert(GenerationChange),

@@ -257,18 +257,23 @@ class Publisher:
             gen.ids_checksum = add_checksum(checksum, added, removed)
             labels.update(changes.labels)
             gen.summary = {"labels": _positive(labels)}
-        self._store_products(session, gen, parent if incremental else None)
+        self._store_products(session, gen, parent if incremental else None, vector_ids)
         gen.run_summary = {k: v for k, v in self.summary.as_dict().items() if k != "problems"}
         make_current(session, gen, supersede=self.parent_id in self.summary.published)
         logger.info("publishing generation %d (%d items, %d segments)", gen.id, gen.item_count, len(parts))
         return gen.id
 
-    def _store_products(self, session: Session, gen: Generation, parent: Generation | None) -> None:
+    def _store_products(
+        self, session: Session, gen: Generation, parent: Generation | None, embedded_ids: list[int]
+    ) -> None:
         """With a catalog: store it and link the items (metadata-only changes need no segment).
         The generation's summary carries the catalog's description and the attribute facets."""
         entry = (parent.summary or {}).get("catalog") if parent is not None else None
         if self.catalog is not None:
-            store_catalog(session, self.catalog, gen.id, record_changes=self.record_changes)
+            only = (
+                None if self.catalog_pending or parent is None else embedded_ids
+            )  # unchanged: new images only
+            store_catalog(session, self.catalog, gen.id, record_changes=self.record_changes, only=only)
             entry = catalog_summary(self.catalog)
         if entry is not None:  # products exist: their images or they changed, and so may the facets
             gen.summary = {**gen.summary, "catalog": entry, "facets": attribute_facets(session)}

@@ -84,7 +84,7 @@ def brute_force(snap, xq, ids) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("plan", ["direct", "selector"])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_filtered_search_equals_brute_force_over_the_matches(index, plan, data, monkeypatch):
     if plan == "selector":
