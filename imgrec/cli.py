@@ -169,6 +169,13 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     envvar="IMGREC_POLL",
     help="With --watch: scan the folder every SECONDS instead of inotify events.",
 )
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="IMGREC_CATALOG",
+    help="Product catalog (CSV or JSON Lines, one row per image): see docs/products.md.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index(
     inventory: str,
@@ -194,6 +201,11 @@ def index(
         imgrec index ... --dask tcp://scheduler:8786 --index-type ivf
 
         imgrec index ... --watch        # until stopped: API writes and folder changes, live
+
+        imgrec index ... --catalog shop/products.csv
+
+    With a catalog, a bad row is reported (line and reason) and left out; the run publishes
+    everything good and exits 1 only when nothing at all could be indexed.
     """
     from contextlib import nullcontext
 
@@ -224,6 +236,8 @@ def index(
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         common.echo_summary(summary)
+    if options.get("catalog") and summary.added + summary.updated + summary.unchanged == 0:
+        raise click.ClickException("nothing could be indexed: see the problems above")
 
 
 def _watch(
@@ -244,8 +258,8 @@ def _watch(
         signal.signal(sig, lambda *_: stop.set())
     try:
         watch(inventory, model_dir, index_dir, opts, poll=poll, stop=stop, embedder=embedder)
-    except StorageWriteError as e:
-        raise common.StorageFailure(e) from e
+    except StorageWriteError:
+        raise  # exit 74 (imgrec.exit_codes)
     except (*common.EXPECTED_ERRORS, OSError) as e:
         raise click.ClickException(str(e)) from e
 
@@ -273,23 +287,51 @@ def _dask_embedder(address: str, model_dir: str):  # noqa: ANN202 - yields an in
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Results per query.")
 @click.option("--label", default=None, help="Only items with this label.")
 @click.option(
+    "--filter",
+    "filter_text",
+    default=None,
+    help="Only products matching, e.g. 'color = \"red\" AND price < 50'.",
+)
+@click.option(
+    "--group-by",
+    type=click.Choice(["product", "none"]),
+    default=None,
+    help="product: k distinct products (the default with a catalog); none: k images.",
+)
+@click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write one result PNG per query."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON (with the product fields).")
 def query(
-    images: tuple[str, ...], index_dir: str, k: int, label: str | None, out_dir: str | None, as_json: bool
+    images: tuple[str, ...],
+    index_dir: str,
+    k: int,
+    label: str | None,
+    filter_text: str | None,
+    group_by: str | None,
+    out_dir: str | None,
+    as_json: bool,
 ) -> None:
-    """Find the k inventory items most like each query image (files or folders of images).
+    """Find the k inventory items (or products) most like each query image (files or folders).
+
+    A bad filter exits with status 2 and points at the problem.
 
     Example:
 
         imgrec query photo.jpg queries/ --index shop-index -k 5 --out results/
+
+        imgrec query photo.jpg --index shop-index --filter 'color = "red" AND price < 50' --json
     """
-    from imgrec.querying import run_queries
+    from indexer.filters import FilterError
+    from indexer.querying import SearchOptions, run_queries
+
+    opts = SearchOptions(k=k, label=label, filter=filter_text, group_by=group_by)
 
     common.check_index(index_dir)
     try:
-        answers = run_queries(images, index_dir, k=k, label=label, out_dir=out_dir)
+        answers = run_queries(images, index_dir, opts, out_dir=out_dir)
+    except FilterError as e:
+        raise click.UsageError(str(e)) from e
     except common.EXPECTED_ERRORS as e:
         raise click.ClickException(str(e)) from e
     if as_json:

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from encoder.train import TrainConfig, train
-from imgrec.querying import QueryAnswer, run_queries
 from indexer import IndexOptions, run_index
+from indexer.querying import QueryAnswer, SearchOptions, run_queries
 
 # The recipe as measured best here: 64 px conv-ae (16-8-8), exact L2 search (cosine loses on this set).
 STEAKHOUSE_TRAIN = TrainConfig(arch="conv-ae", image_size=64, epochs=50, batch_size=8, patience=50)
@@ -40,8 +40,9 @@ def run_steakhouse(dataset: Path, out: Path, seed: int = 0, grids: bool = False)
     cfg = TrainConfig(**{**STEAKHOUSE_TRAIN.__dict__, "seed": seed})
     train(dataset / "train", out / "model", cfg)
     run_index(dataset / "train", out / "model", out / "index", IndexOptions(metric="l2"))
+    opts = SearchOptions(k=5, group_by="none")
     answers = run_queries(
-        [str(dataset / "test")], out / "index", k=5, out_dir=out / "grids" if grids else None
+        [str(dataset / "test")], out / "index", opts, out_dir=out / "grids" if grids else None
     )
     per_query = {
         Path(a.query).name: float(np.mean([food_class(h.item.path) == food_class(a.query) for h in a.hits]))

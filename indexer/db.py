@@ -11,6 +11,15 @@ Tables
     index_state          a single row pointing at the current generation (the commit point)
     jobs                 writes accepted over HTTP (add, delete), queued until the indexer applies them
     api_keys             the search API's keys: a hash of each secret, its scope, revocation
+    products             one row per catalog product (issue 12); `product_key` is the catalog's product_id
+    product_attributes   one row per (product, attribute) with a value: typed value columns
+    attribute_types      one row per attribute name: string | number | boolean
+    product_changes      what each generation did to a product, with what rollback restores
+
+Attributes are an entity-attribute-value table, not a JSON column: a filter atom compiles to
+`product_id IN (SELECT product_id FROM product_attributes WHERE name = ? AND number_value < ?)`, every
+literal a bound parameter on a typed column, each atom TRUE or FALSE (never NULL), so "missing never
+matches" needs no COALESCE; (name, value) indexes serve selective filters and facet counts.
 """
 
 from __future__ import annotations
@@ -25,7 +34,10 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -72,6 +84,7 @@ class Item(Base):
     added_generation: Mapped[int] = mapped_column(Integer)
     deleted_generation: Mapped[int | None] = mapped_column(Integer, index=True)  # None while live
     segment_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the segment of its live vector
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"), index=True)  # None: no catalog
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -219,6 +232,67 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column()  # coarse (see search_api.auth)
     revoked_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+VALUE_COLUMNS = {"string": "string_value", "number": "number_value", "boolean": "bool_value"}
+
+
+class Product(Base):
+    """A catalog product: the unit a shop sells; its images are items with `product_id` = `id`."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_key: Mapped[str] = mapped_column(String, unique=True)  # the catalog's product_id (SKU)
+    title: Mapped[str | None] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text)
+    price: Mapped[float | None] = mapped_column(Float, index=True)
+    metadata_sha256: Mapped[str] = mapped_column(String(64))  # catalog_file.CatalogProduct.metadata_sha256
+    added_generation: Mapped[int] = mapped_column(Integer)
+    deleted_generation: Mapped[int | None] = mapped_column(Integer, index=True)  # None while in the catalog
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ProductAttribute(Base):
+    """One attribute value of a product; exactly the value column of the attribute's type is set."""
+
+    __tablename__ = "product_attributes"
+    # one covering index per value type: a filter atom (`name = ? AND value op ?` -> product ids) and
+    # the columns reader (all values of one name) are index-only range scans
+    __table_args__ = (
+        Index("ix_product_attributes_string", "name", "string_value", "product_id"),
+        Index("ix_product_attributes_number", "name", "number_value", "product_id"),
+        Index("ix_product_attributes_bool", "name", "bool_value", "product_id"),
+    )
+
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    string_value: Mapped[str | None] = mapped_column(Text)
+    number_value: Mapped[float | None] = mapped_column(Float)
+    bool_value: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class AttributeType(Base):
+    """The type inferred for an attribute column of the catalog."""
+
+    __tablename__ = "attribute_types"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    type: Mapped[str] = mapped_column(String(8))  # string | number | boolean
+
+
+class ProductChange(Base):
+    """One product's change in one generation; `previous` holds what rollback restores."""
+
+    __tablename__ = "product_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id"), index=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    change: Mapped[str] = mapped_column(String(16))  # added | updated | deleted
+    # the product's fields and attributes before the change ({"title": ..., "attributes": {...}})
+    previous: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 DATABASE_FILE = "catalog.sqlite"

@@ -44,6 +44,7 @@ from indexer.db import (
     IndexState,
     Item,
     LedgerEntry,
+    ProductChange,
     Segment,
     utcnow,
 )
@@ -260,11 +261,14 @@ def _undo_changes(session: Session, undone: Generation, target: Generation) -> N
         .where(GenerationChange.generation_id > target.id, Generation.status.in_(UNDONE_WITH_THE_RUN))
         .order_by(GenerationChange.id.desc())
     ).all()
+    _undo_product_changes(session, undone, target)
     for ch in changes:
         item = session.get(Item, ch.item_id)
-        ledger = session.scalars(select(LedgerEntry).where(LedgerEntry.path == item.path)).first()
-        for key, value in (ch.previous or {}).items():  # updated, or added back after a delete
+        for key, value in (ch.previous or {}).items():  # updated, relinked, or added back after a delete
             setattr(item, key, value)
+        if ch.change == "relinked":  # only its product changed
+            continue
+        ledger = session.scalars(select(LedgerEntry).where(LedgerEntry.path == item.path)).first()
         if ch.change == "added":
             item.deleted_generation = undone.id
             if ledger is not None:
@@ -275,6 +279,19 @@ def _undo_changes(session: Session, undone: Generation, target: Generation) -> N
         if ledger is not None:  # as the target has it; the next run compares with the file
             ledger.state, ledger.reason, ledger.item_id = "embedded", "restored by rollback", item.id
             ledger.size, ledger.mtime_ns = item.size, item.mtime_ns
+
+
+def _undo_product_changes(session: Session, undone: Generation, target: Generation) -> None:
+    """Products and attribute types as the target has them (`products.undo_product_changes`)."""
+    from indexer.products import restore_attribute_types, undo_product_changes
+
+    gens = session.scalars(
+        select(Generation.id).where(Generation.id > target.id, Generation.status.in_(UNDONE_WITH_THE_RUN))
+    ).all()
+    if not session.scalar(select(ProductChange.id).where(ProductChange.generation_id.in_(gens)).limit(1)):
+        return
+    restore_attribute_types(session, ((target.summary or {}).get("catalog") or {}).get("attribute_types", {}))
+    undo_product_changes(session, list(gens), undone.id)
 
 
 def _place_live_items(session: Session, index_dir: Path, target_id: int, listed: list) -> None:

@@ -89,30 +89,39 @@ def open_thumbnail(path: Path, thumb: int = 128) -> Image.Image | None:
         return None
 
 
-def hit_caption(hit: Hit, score_kind: str) -> str:
-    """'#1 0.873' and the label below (score: cosine similarity or squared L2 distance)."""
+def hit_caption(hit: Hit, score_kind: str, product=None) -> str:  # noqa: ANN001 - a ProductRecord
+    """'#1 0.873' and below it the product's title and price, or the label (score: cosine
+    similarity or squared L2 distance)."""
     name = "sim" if score_kind == "similarity" else "dist"
-    return f"#{hit.rank} {name} {hit.score:.3f}\n{hit.item.label}"
+    below = hit.item.label
+    if product is not None:
+        price = f" {product.price:.2f}" if product.price is not None else ""
+        below = f"{product.title or product.product_id}{price}"
+    return f"#{hit.rank} {name} {hit.score:.3f}\n{below}"
 
 
 def result_grid(
     query_image: Image.Image,
-    hits: Sequence[Hit],
+    hits: Sequence,
     snapshot: Snapshot,
     *,
     query_caption: str = "query",
     thumb: int = 128,
 ) -> Image.Image:
-    """The query on top and its hits below, each captioned with rank, score and label."""
+    """The query on top and its hits below (`Hit`s, or `querying.Result`s with their product), each
+    captioned with rank, score and the product's title and price (or the label)."""
     kind = snapshot.generation.score_kind
-    tiles = [(open_thumbnail(snapshot.image_path(h.item), thumb), hit_caption(h, kind)) for h in hits]
+    tiles = []
+    for h in hits:
+        hit, product = (h.hit, h.product) if hasattr(h, "hit") else (h, None)
+        tiles.append((open_thumbnail(snapshot.image_path(hit.item), thumb), hit_caption(hit, kind, product)))
     return draw_grid(query_image, query_caption, tiles, thumb=thumb)
 
 
 def save_result_grid(
     path: str | Path,
     query_image: Image.Image,
-    hits: Sequence[Hit],
+    hits: Sequence,
     snapshot: Snapshot,
     *,
     query_caption: str = "query",

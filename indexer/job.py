@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from encoder.model_dir import copy_model_dir, read_model_dir
 from indexer import folders
+from indexer.catalog_file import read_catalog
 from indexer.compaction import MergePolicy, compact
 from indexer.damage import is_disk_full
 from indexer.db import DATABASE_FILE, Generation, open_database
@@ -35,6 +36,7 @@ from indexer.ingest import EmbeddedBatch, IngestLimits
 from indexer.ledger import item_sha256, ledger_joined_with_items
 from indexer.plan import Plan, folder_digest, make_plan, resolve_touches
 from indexer.plan_workers import available_cores, plan_in_parallel, plan_range
+from indexer.products import catalog_summary
 from indexer.publish import BuildSettings, Publisher
 from indexer.scan import scan_folders
 from indexer.segments import StorageWriteError
@@ -67,6 +69,7 @@ class IndexOptions:
     # from PARALLEL_PLAN_ITEMS live items (below, one)
     merge_policy: MergePolicy = field(default_factory=MergePolicy)
     limits: IngestLimits = field(default_factory=IngestLimits)
+    catalog: str | Path | None = None  # a product catalog (CSV or JSON Lines); None: images only
 
 
 @dataclass
@@ -86,6 +89,7 @@ class JobSummary:
     warnings: list[str] = field(default_factory=list)  # e.g. a compaction skipped for lack of space
     restored: list[str] = field(default_factory=list)  # e.g. a missing model copy restored
     model_dir: str = ""  # the model dir given (`imgrec verify --repair` restores a model copy from it)
+    catalog: dict | None = None  # products.catalog_summary of the run's catalog (its row problems too)
 
     def as_dict(self) -> dict:
         d = self.__dict__.copy()
@@ -148,21 +152,31 @@ def run_index(
             plan.vanished = sorted({*plan.vanished, *(set(live.force) - set(plan.settle))})  # forgotten
         summary = JobSummary(unchanged=plan.unchanged, skipped=plan.still_skipped)
         summary.model_dir, summary.restored = summary_model_dir, restored
+        catalog = read_catalog(opts.catalog, inventory) if opts.catalog is not None else None
+        catalog_changed = False
+        if catalog is not None:
+            summary.catalog = catalog_summary(catalog)
+            stored = ((cur.summary or {}).get("catalog") or {}) if cur is not None else {}
+            catalog_changed = stored.get("sha256") != catalog.sha256
         if on_total:
             on_total(len(plan.embed))
-        if not plan.changes_anything and not (opts.full and cur is not None):
+        if not plan.changes_anything and not catalog_changed and not (opts.full and cur is not None):
             settle_folders(engine, plan)  # compared and unchanged: settled as they are
             prune(index_dir, engine, opts.keep_generations)
             summary.generation_id = parent_id
             summary.seconds = time.perf_counter() - t0
             return summary
 
-        from encoder import load_encoder  # torch work only when something changed
         from indexer.ingest import embed_files
 
-        if encoder is None or encoder.fingerprint != fingerprint:
-            encoder = load_encoder(model_dir)
-        copy_model_dir(model_dir, index_dir / MODELS_DIR / encoder.fingerprint)
+        if cur is not None and not plan.changes_anything and not opts.full:  # only the catalog changed
+            encoder = StoredModel(cur.model_fingerprint, cur.model_config, cur.dim)
+        else:
+            from encoder import load_encoder  # torch work only when images changed
+
+            if encoder is None or encoder.fingerprint != fingerprint:
+                encoder = load_encoder(model_dir)
+            copy_model_dir(model_dir, index_dir / MODELS_DIR / encoder.fingerprint)
         settings = BuildSettings(metric, index_type, opts.merge_policy.ann_min_items)
         rebuild = opts.full and cur is not None
         publisher = Publisher(
@@ -172,12 +186,16 @@ def run_index(
         run = embedder or embed_files
         # A rebuild of a live index publishes once at the end; otherwise every checkpoint is a generation.
         checkpoint = None if rebuild else opts.checkpoint_every
+        publisher.catalog, publisher.catalog_pending = catalog, catalog_changed
         publisher.stage_plan(plan, plan.live_at_path)
         publisher.before_first_commit = lambda session: forget_folders(session, plan)
         files, plan.embed = plan.embed, []
-        for batch in run(
-            files, encoder, batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits
-        ):
+        batches = (
+            run(files, encoder, batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits)
+            if files
+            else ()  # only the catalog changed, or only deletions: nothing to embed
+        )
+        for batch in batches:
             summary.decoded += len(batch.ok) + sum(1 for d in batch.rejected if d.sha256 is not None)
             publisher.stage_batch(batch)
             if on_progress:
@@ -191,6 +209,15 @@ def run_index(
         summary.generation_id = summary.published[-1] if summary.published else parent_id
         summary.seconds = time.perf_counter() - t0
         return summary
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """What a publish records about the model, for a publish that embeds nothing (no model loaded)."""
+
+    fingerprint: str
+    config: dict
+    dim: int
 
 
 def _publish_and_tidy(

@@ -67,6 +67,7 @@ def _generation(g: Generation) -> dict:
         "metric": g.metric,
         "index_type": g.index_type,
         "model_fingerprint": g.model_fingerprint,
+        "catalog": (g.summary or {}).get("catalog"),  # the product catalog it was built with, its problems
     }
 
 

@@ -32,10 +32,12 @@ from sqlalchemy.orm import Session
 
 from encoder import Encoder
 from indexer.bulk import chunk_size, chunks
+from indexer.catalog_file import Catalog
 from indexer.db import Generation, GenerationChange, GenerationSegment, Item, LedgerEntry, Segment, utcnow
 from indexer.generations import make_current
 from indexer.ingest import Decoded, EmbeddedBatch
 from indexer.plan import Plan
+from indexer.products import attribute_facets, catalog_summary, store_catalog
 from indexer.scan import ScannedFile
 from indexer.segments import (
     StorageWriteError,
@@ -97,13 +99,17 @@ class Publisher:
         self.before_first_commit: Callable[[Session], None] | None = (
             None  # run in the run's first transaction
         )
+        self.catalog: Catalog | None = None  # the run's product catalog: stored with every publish
+        self.catalog_pending = (
+            False  # the catalog differs from the parent's: publish even with no image change
+        )
 
     @property
     def staged_embeddings(self) -> int:
         return len(self.embedded)
 
     def has_staged(self) -> bool:
-        return bool(self.delete_ids or self.ledger_only or self.embedded)
+        return bool(self.delete_ids or self.ledger_only or self.embedded or self.catalog_pending)
 
     def stage_plan(self, plan: Plan, live_at_path: dict[str, int]) -> None:
         """Stage the plan's deletions and ledger-only changes; `live_at_path`: live items of files
@@ -139,7 +145,13 @@ class Publisher:
         :raise StorageWriteError: the segment or the catalog could not be written (disk full...);
             the previous generation stays current.
         """
-        if self.parent_id is not None and not self.embedded and not self.delete_ids and not self.rebuild:
+        if (
+            self.parent_id is not None
+            and not self.embedded
+            and not self.delete_ids
+            and not self.rebuild
+            and not self.catalog_pending
+        ):
             with Session(self.engine) as session, session.begin():
                 self._first_transaction(session)
                 self._write_ledger(session, self.parent_id, {}, {})
@@ -163,6 +175,7 @@ class Publisher:
         self.summary.published.append(gen_id)
         self.parent_id = gen_id
         self.rebuild = False
+        self.catalog_pending = False
         self.delete_ids, self.ledger_only, self.embedded, self.vectors = [], [], [], []
         return gen_id
 
@@ -244,10 +257,26 @@ class Publisher:
             gen.ids_checksum = add_checksum(checksum, added, removed)
             labels.update(changes.labels)
             gen.summary = {"labels": _positive(labels)}
+        self._store_products(session, gen, parent if incremental else None, vector_ids)
         gen.run_summary = {k: v for k, v in self.summary.as_dict().items() if k != "problems"}
         make_current(session, gen, supersede=self.parent_id in self.summary.published)
         logger.info("publishing generation %d (%d items, %d segments)", gen.id, gen.item_count, len(parts))
         return gen.id
+
+    def _store_products(
+        self, session: Session, gen: Generation, parent: Generation | None, embedded_ids: list[int]
+    ) -> None:
+        """With a catalog: store it and link the items (metadata-only changes need no segment).
+        The generation's summary carries the catalog's description and the attribute facets."""
+        entry = (parent.summary or {}).get("catalog") if parent is not None else None
+        if self.catalog is not None:
+            only = (
+                None if self.catalog_pending or parent is None else embedded_ids
+            )  # unchanged: new images only
+            store_catalog(session, self.catalog, gen.id, record_changes=self.record_changes, only=only)
+            entry = catalog_summary(self.catalog)
+        if entry is not None:  # products exist: their images or they changed, and so may the facets
+            gen.summary = {**gen.summary, "catalog": entry, "facets": attribute_facets(session)}
 
     def _apply_embedded(
         self, session: Session, gen_id: int, seg_id: int | None, changes: _Changes, now

@@ -140,6 +140,7 @@ class Snapshot:
     _item_cache: dict[int, ItemInfo] = field(default_factory=dict)
     _label_counts: dict[str, int] | None = None
     _live_ids: np.ndarray | None = None
+    _catalog_view: object | None = None  # indexer.catalog_view.CatalogView, made on first use
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -212,6 +213,21 @@ class Snapshot:
     def search_images(self, batch: np.ndarray, k: int = 10, label: str | None = None) -> list[list[Hit]]:
         """Embed a normalised image batch (B, 3, S, S) with the index's model, then search."""
         return self.search_vectors(self.encoder.embed(batch), k, label)
+
+    # --- products and filters (issue 12) --------------------------------------------------------
+
+    def catalog_view(self):  # noqa: ANN201 - indexer.catalog_view.CatalogView
+        """This snapshot's products, attribute types and filters (cached per snapshot)."""
+        from indexer.catalog_view import CatalogView
+
+        with self._lock:
+            if self._catalog_view is None:
+                self._catalog_view = CatalogView(self)
+            return self._catalog_view
+
+    def filter_ids(self, expr) -> np.ndarray:  # noqa: ANN001 - indexer.filters.Expr
+        """Sorted ids of this snapshot's items that match a parsed filter."""
+        return self.catalog_view().filter_ids(expr)
 
     # --- stored vectors and ids ------------------------------------------------------------------
 

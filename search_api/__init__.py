@@ -64,10 +64,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     cors.init_app(app)
     engine.init_app(app)
 
-    from search_api import items, ops, pages, search, writes
+    from search_api import items, ops, pages, products, search, writes
 
     app.register_blueprint(search.bp)
     app.register_blueprint(items.bp)
+    app.register_blueprint(products.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(writes.bp)

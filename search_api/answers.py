@@ -7,6 +7,8 @@ import datetime as dt
 from flask import url_for
 
 from indexer import Hit, ItemInfo
+from indexer.products import ProductRecord
+from indexer.querying import ImageRef, Result, SearchAnswer
 from indexer.store import GenerationInfo
 
 
@@ -37,8 +39,31 @@ def links(item_id: int) -> dict:
     }
 
 
-def result(hit: Hit) -> dict:
-    return {"rank": hit.rank, "id": hit.id, "label": hit.item.label, "score": hit.score, **links(hit.id)}
+def hit(h: Hit) -> dict:
+    """An image result (what every result carries at its top level)."""
+    return {"rank": h.rank, "id": h.id, "label": h.item.label, "score": h.score, **links(h.id)}
+
+
+def product(p: ProductRecord | None) -> dict | None:
+    return None if p is None else p.as_dict()
+
+
+def image_ref(im: ImageRef) -> dict:
+    return {"id": im.id, "path": im.path, **links(im.id)}
+
+
+def result(r: Result, grouped: bool) -> dict:
+    """One result: the image fields, its product, and (grouped) the matched image and the others."""
+    body = {**hit(r.hit), "product": product(r.product)}
+    if grouped:
+        h = r.hit
+        body["matched_image"] = {"id": h.id, "label": h.item.label, "score": h.score, **links(h.id)}
+        body["images"] = [image_ref(im) for im in r.images or []]
+    return body
+
+
+def results(answer: SearchAnswer) -> list[dict]:
+    return [result(r, answer.grouped) for r in answer.results]
 
 
 def item(info: ItemInfo) -> dict:
@@ -53,6 +78,14 @@ def item(info: ItemInfo) -> dict:
     }
 
 
-def header(gen: GenerationInfo, args: dict) -> dict:
-    """Fields every search answer carries: which index answered, and how to read scores."""
-    return {"index": index_info(gen), "score_kind": gen.score_kind, "k": args["k"], "label": args["label"]}
+def header(gen: GenerationInfo, args: dict, grouped: bool, exact: bool) -> dict:
+    """Fields every search answer carries: which index answered, how to read scores, what was asked."""
+    return {
+        "index": index_info(gen),
+        "score_kind": gen.score_kind,
+        "k": args["k"],
+        "label": args["label"],
+        "filter": args.get("filter"),
+        "group_by": "product" if grouped else "none",
+        "exact": exact,
+    }

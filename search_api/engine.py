@@ -31,10 +31,11 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from indexer import Hit, Snapshot, current_generation_id, open_snapshot
+from indexer import Hit, Snapshot, current_generation_id, open_snapshot, querying
 from indexer.ann import search_params
 from indexer.damage import IndexDamageError, as_damage
 from indexer.db import database_url, make_engine
+from indexer.querying import SearchAnswer, SearchOptions, SearchPlan, plan_search
 from indexer.store import has_catalog
 from search_api.batching import Batcher
 from search_api.errors import NotReadyError
@@ -51,10 +52,7 @@ class Query:
 
     snapshot: Snapshot
     pixels: np.ndarray
-    k: int
-    label: str | None = None
-    nprobe: int | None = None  # ivf indexes: lists probed (None: the index's default)
-    ef_search: int | None = None  # hnsw indexes: search breadth (None: the index's default)
+    plan: SearchPlan  # k, filter's ids, grouping, search knobs: resolved in the request's thread
 
     @property
     def shape(self) -> tuple[int, ...]:  # lets the batcher count images
@@ -63,13 +61,17 @@ class Query:
 
 @dataclass
 class Answer:
-    """Hits for one query image, and what the batch it rode in cost."""
+    """Results for one query image, and what the batch it rode in cost."""
 
-    hits: list[Hit]
+    answer: SearchAnswer
     novelty_percentile: float | None
     embed_ms: float
     search_ms: float
     batch_size: int
+
+    @property
+    def hits(self) -> list[Hit]:
+        return self.answer.hits
 
 
 @dataclass
@@ -311,37 +313,45 @@ class SearchEngine:
             },
         )
 
-    def search(
+    def plan(
         self,
         snap: Snapshot,
-        pixels: np.ndarray,
         k: int,
         label: str | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
-    ) -> list[Answer]:
-        """Search uint8 images (n, S, S, 3) in `snap`, batched with concurrent requests."""
-        return self.batcher.submit(Query(snap, pixels, k, label, nprobe, ef_search))
+        filter: str | None = None,  # noqa: A002 - the API's parameter name
+        group_by: str | None = None,
+        exclude: int | None = None,
+    ) -> SearchPlan:
+        """A request's search options resolved on `snap` (`indexer.querying.plan_search`).
 
-    def similar(
-        self,
-        snap: Snapshot,
-        item_id: int,
-        k: int,
-        label: str | None = None,
-        nprobe: int | None = None,
-        ef_search: int | None = None,
-    ) -> tuple[list[Hit], float, float]:
-        """Items most like a stored item (its vector as indexed; the item left out), lookup and search ms."""
+        :raise FilterError: a bad filter (the API answers 400).
+        """
+        params = knobs(snap.generation.index_type, nprobe, ef_search)
+        opts = SearchOptions(k, label, filter, group_by, params, exclude)
+        return plan_search(snap, opts)
+
+    def search(self, snap: Snapshot, pixels: np.ndarray, **options: object) -> list[Answer]:
+        """Search uint8 images (n, S, S, 3) in `snap`, batched with concurrent requests (`options`:
+        those of `plan`).
+
+        :raise FilterError: a bad filter.
+        """
+        return self.batcher.submit(Query(snap, pixels, self.plan(snap, **options)))
+
+    def similar(self, snap: Snapshot, item_id: int, **options: object) -> tuple[SearchAnswer, float, float]:
+        """Items most like a stored item (its vector as indexed; the item left out), lookup and search ms.
+
+        :raise FilterError: a bad filter.
+        """
         self._pin_threads()
         t0 = time.perf_counter()
+        plan = self.plan(snap, exclude=item_id, **options)
         xq = snap.vector(item_id)[None]  # (1, dim)
         t1 = time.perf_counter()
-        params = knobs(snap.generation.index_type, nprobe, ef_search)
-        (hits,) = snap.search_vectors(xq, k + 1, label, params=params)
-        others = (h for h in hits if h.id != item_id)
-        hits = [replace(h, rank=rank) for rank, h in enumerate(others, 1)][:k]
-        return hits, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+        (answer,) = querying.search(snap, xq, plan)
+        return answer, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
     def _pin_threads(self) -> None:
         """FAISS's OpenMP thread count is per calling thread: set it in the thread that searches."""
@@ -349,7 +359,7 @@ class SearchEngine:
             faiss.omp_set_num_threads(self.compute_threads)
 
     def _process(self, queries: list[Query]) -> list[list[Answer]]:
-        """One batch: one forward per snapshot, one FAISS call per (snapshot, label, search knobs)."""
+        """One batch: one forward per snapshot, then `querying.search` per query's plan."""
         self._pin_threads()
         out: dict[int, list[Answer]] = {}
         by_snapshot: dict[int, list[int]] = {}
@@ -360,42 +370,42 @@ class SearchEngine:
             group = [queries[n] for n in members]
             starts = np.cumsum([0] + [len(q.pixels) for q in group])
             t0 = time.perf_counter()
-            enc = snap.encoder
-            batch = enc.preprocess.normalize(np.concatenate([q.pixels for q in group]))  # (B, 3, S, S)
-            xq = enc.embed(batch)  # (B, dim)
-            novelty = self._novelty(enc, batch)
+            batch = snap.encoder.preprocess.normalize(np.concatenate([q.pixels for q in group]))
+            xq, novelty = querying.embed(snap, batch, self.novelty)  # (B, dim)
             t1 = time.perf_counter()
-            hits: list[list[Hit]] = [[] for _ in range(len(xq))]
-            calls: dict[tuple, list[int]] = {}  # (label, nprobe, ef_search) -> members of `group`
+            found: list[list[SearchAnswer]] = [[] for _ in group]
+            calls: dict[tuple, list[int]] = {}  # queries with the same plan (but k): one search call
             for i, q in enumerate(group):
-                calls.setdefault((q.label, q.nprobe, q.ef_search), []).append(i)
-            for (label, nprobe, ef_search), idx in calls.items():
-                rows = [row for i in idx for row in range(starts[i], starts[i + 1])]
-                params = knobs(snap.generation.index_type, nprobe, ef_search)
-                k = max(group[i].k for i in idx)
-                for row, row_hits in zip(rows, snap.search_vectors(xq[rows], k, label, params), strict=True):
-                    hits[row] = row_hits
+                calls.setdefault(_plan_key(q.plan), []).append(i)
+            for idx in calls.values():
+                plan = replace(group[idx[0]].plan, k=max(group[i].plan.k for i in idx))
+                rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in idx])
+                answers = iter(querying.search(snap, xq[rows], plan))
+                for i in idx:
+                    for _ in range(starts[i], starts[i + 1]):
+                        a = next(answers)
+                        found[i].append(replace(a, results=a.results[: group[i].plan.k]))
             embed_ms, search_ms = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
-            for i, (n, q) in enumerate(zip(members, group, strict=True)):
+            for i, n in enumerate(members):
                 out[n] = [
                     Answer(
-                        hits[row][: q.k],
-                        None if novelty is None else float(novelty[row]),
+                        a,
+                        None if novelty is None else float(novelty[starts[i] + j]),
                         embed_ms,
                         search_ms,
                         len(xq),
                     )
-                    for row in range(starts[i], starts[i + 1])
+                    for j, a in enumerate(found[i])
                 ]
         return [out[n] for n in range(len(queries))]
 
-    def _novelty(self, enc, batch: np.ndarray) -> np.ndarray | None:
-        """The model's novelty percentiles for the batch, when it offers them."""
-        fn = getattr(enc, "novelty_percentile", None) if self.novelty else None
-        if fn is None:
-            return None
-        values = fn(batch)
-        return None if values is None else np.asarray(values, np.float64)
+
+def _plan_key(plan: SearchPlan) -> tuple:
+    """Plans that differ only in k search together (a filter's ids are shared by the snapshot's cache)."""
+    p = plan.params
+    knob = getattr(p, "nprobe", None), getattr(p, "efSearch", None)
+    allowed = id(plan.allowed) if plan.allowed is not None else None
+    return allowed, plan.grouped, plan.exclude, knob
 
 
 def set_compute_threads(n: int) -> None:

@@ -12,6 +12,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError
 from indexer.damage import IndexDamageError, as_damage
+from indexer.filters import FilterError
+from indexer.products import BadCursorError
 from search_api.limits import FormLimitError
 
 logger = logging.getLogger(__name__)
@@ -22,6 +24,19 @@ ERROR_SCHEMA: dict[str, Any] = {
         "error": {"type": "string", "description": "Machine-readable kind, e.g. `not_found`."},
         "message": {"type": "string", "description": "What went wrong, for people."},
         "detail": {"type": "object", "description": "Per-field problems (validation errors only)."},
+        "line": {"type": "integer", "nullable": True, "description": "bad_filter: where the problem is."},
+        "column": {"type": "integer", "nullable": True},
+        "caret": {
+            "type": "string",
+            "nullable": True,
+            "description": "bad_filter: the line, ^ under the problem.",
+        },
+        "known_names": {
+            "type": "array",
+            "nullable": True,
+            "items": {"type": "string"},
+            "description": "bad_filter, unknown name: the names a filter can use.",
+        },
     },
     "required": ["error", "message"],
 }
@@ -89,6 +104,15 @@ def init_app(app: APIFlask) -> None:
         shown = type(damage)(damage.problem, "INDEX", damage.file)
         logger.error("index damaged: %s", damage)
         return app.error_callback(HTTPError(503, f"the index is damaged: {shown}"))
+
+    @app.errorhandler(FilterError)
+    def handle_bad_filter(e: FilterError):
+        body = {"error": "bad_filter", "message": str(e), **e.as_dict()}
+        return body, 400
+
+    @app.errorhandler(BadCursorError)
+    def handle_bad_cursor(e: BadCursorError):
+        return {"error": "bad_cursor", "message": str(e)}, 400
 
     @app.errorhandler(RequestEntityTooLarge)
     def handle_too_large(e: RequestEntityTooLarge):

@@ -208,17 +208,17 @@ THUMBNAILS = LRUCache(maxsize=2048, max_bytes=32 * 1024 * 1024)
 @bp.get(f"/{ITEM_ID}/similar")
 @bp.input(SearchArgs, location="query", arg_name="args")
 @bp.output(SimilarAnswer)
-@bp.doc(responses={400: "Bad `k`.", 404: NOT_FOUND, 503: "No index loaded yet."})
+@bp.doc(responses={400: "Bad `k`, `filter` or `group_by`.", 404: NOT_FOUND, 503: "No index loaded yet."})
 def get_similar(item_id: int, args: dict) -> dict:
     """More like this item: its stored vector searched, the item itself left out."""
     t0 = time.perf_counter()
     with get_engine().snapshot() as snap:
         info = get_item_or_404(snap, item_id)
-        hits, lookup_ms, search_ms = get_engine().similar(snap, item_id, **search_kwargs(args))
+        answer, lookup_ms, search_ms = get_engine().similar(snap, item_id, **search_kwargs(args))
         return {
-            **answers.header(snap.generation, args),
+            **answers.header(snap.generation, args, answer.grouped, answer.exact),
             "item": answers.item(info),
-            "results": [answers.result(h) for h in hits],
+            "results": answers.results(answer),
             "timings": {
                 "decode_ms": 0.0,
                 "embed_ms": round(lookup_ms, 3),  # no embedding: the stored vector's look-up

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from apiflask import Schema
-from apiflask.fields import Boolean, DateTime, Dict, File, Float, Integer, List, Nested, String
-from apiflask.validators import Length, Range
+from apiflask.fields import Boolean, DateTime, Dict, File, Float, Integer, List, Nested, Raw, String
+from apiflask.validators import Length, OneOf, Range
 from flask import current_app
 from marshmallow import INCLUDE, ValidationError
 
@@ -48,6 +48,22 @@ class SearchArgs(Schema):
             "description": "hnsw indexes: search breadth (more: slower, better recall); ignored by other types."
         },
     )
+    filter = String(
+        load_default=None,
+        metadata={
+            "description": 'Only items whose product matches, e.g. `color = "red" AND price < 50` '
+            "(docs/products.md; names: /v1/attributes, `product_id`, `title`, `price`, `label`).",
+            "example": "price < 50",
+        },
+    )
+    group_by = String(
+        load_default=None,
+        validate=OneOf(["product", "none"]),
+        metadata={
+            "description": "`product`: k distinct products, each by its best-matching image (the default "
+            "when the index has a catalog); `none`: k images."
+        },
+    )
 
 
 class ImageUpload(Schema):
@@ -89,11 +105,40 @@ class ItemLinks(Schema):
     similar_url = String()
 
 
-class Result(ItemLinks):
-    rank = Integer()
+class Product(Schema):
+    id = String(metadata={"description": "The catalog's product_id (SKU)."})
+    title = String(allow_none=True)
+    url = String(allow_none=True, metadata={"description": "The product's page, from the catalog."})
+    price = Float(allow_none=True)
+    attributes = Dict(
+        keys=String(),
+        metadata={"description": "The catalog's other columns: string, number or boolean values."},
+    )
+
+
+class ImageRef(ItemLinks):
+    id = Integer()
+    path = String(metadata={"description": "Relative to the inventory root."})
+
+
+class MatchedImage(ItemLinks):
     id = Integer()
     label = String()
+    score = Float()
+
+
+class Result(ItemLinks):
+    rank = Integer()
+    id = Integer(metadata={"description": "The (best-)matching image's item id."})
+    label = String()
     score = Float(metadata={"description": "Similarity or distance, as `score_kind` says."})
+    product = Nested(Product, allow_none=True, metadata={"description": "null: the image has no product."})
+    matched_image = Nested(
+        MatchedImage, metadata={"description": "Grouped answers only: the product's best-matching image."}
+    )
+    images = List(
+        Nested(ImageRef), metadata={"description": "Grouped answers only: the product's other images."}
+    )
 
 
 class Timings(Schema):
@@ -114,6 +159,11 @@ class SearchAnswer(Schema):
     score_kind = String()
     k = Integer()
     label = String(allow_none=True)
+    filter = String(allow_none=True)
+    group_by = String(metadata={"description": "`product` or `none`: what the results are."})
+    exact = Boolean(
+        metadata={"description": "false: an approximate index answered, closer items may be missing."}
+    )
     query = Nested(QueryInfo)
     results = List(Nested(Result))
     novelty_percentile = Float(
@@ -139,6 +189,11 @@ class BatchAnswer(Schema):
     score_kind = String()
     k = Integer()
     label = String(allow_none=True)
+    filter = String(allow_none=True)
+    group_by = String(metadata={"description": "`product` or `none`: what the results are."})
+    exact = Boolean(
+        metadata={"description": "false: an approximate index answered, closer items may be missing."}
+    )
     answers = List(Nested(BatchEntry), metadata={"description": "One per image, in upload order."})
     total_ms = Float()
 
@@ -158,6 +213,11 @@ class SimilarAnswer(Schema):
     score_kind = String()
     k = Integer()
     label = String(allow_none=True)
+    filter = String(allow_none=True)
+    group_by = String(metadata={"description": "`product` or `none`: what the results are."})
+    exact = Boolean(
+        metadata={"description": "false: an approximate index answered, closer items may be missing."}
+    )
     item = Nested(Item)
     results = List(Nested(Result))
     timings = Nested(Timings)
@@ -205,3 +265,50 @@ class Stats(Schema):
             "description": "Answers carry a novelty percentile (the model has a reference and it is enabled)."
         }
     )
+
+
+class ProductAnswer(Product):
+    images = List(Nested(ImageRef), metadata={"description": "Its images in the generation served."})
+    index = Nested(IndexInfo)
+
+
+class ProductListArgs(Schema):
+    filter = String(
+        load_default=None,
+        metadata={"description": "Only products matching this filter (docs/products.md)."},
+    )
+    limit = Integer(load_default=20, validate=Range(min=1, max=100), metadata={"description": "Page size."})
+    cursor = String(
+        load_default=None,
+        metadata={"description": "`next_cursor` of the previous page."},
+    )
+
+
+class ProductList(Schema):
+    products = List(Nested(Product))
+    next_cursor = String(allow_none=True, metadata={"description": "null: this was the last page."})
+
+
+class AttributeValue(Schema):
+    value = Raw(metadata={"description": "A string or a boolean."})
+    count = Integer(metadata={"description": "Products with this value."})
+
+
+class Attribute(Schema):
+    name = String()
+    type = String(metadata={"description": "string | number | boolean"})
+    values = List(
+        Nested(AttributeValue),
+        attribute="value_counts",  # a dict's own `values` method would stand in for a missing key
+        data_key="values",
+        metadata={"description": "Strings and booleans: the most frequent."},
+    )
+    more_values = Boolean(metadata={"description": "Strings: more values exist than listed."})
+    min = Float(allow_none=True, metadata={"description": "Numbers only."})
+    max = Float(allow_none=True, metadata={"description": "Numbers only."})
+    count = Integer(metadata={"description": "Numbers only: products that have a value."})
+
+
+class Attributes(Schema):
+    attributes = List(Nested(Attribute))
+    index = Nested(IndexInfo)

@@ -19,7 +19,7 @@ bp = APIBlueprint("search", __name__, url_prefix="/v1/search", tag="Search")
 
 RAW_TYPES = ("image/", "application/octet-stream")
 UPLOAD_ERRORS = {
-    400: "No image, an empty one, or a bad `k`.",
+    400: "No image, an empty one, a bad `k`, `filter` (`bad_filter`: where and why) or `group_by`.",
     413: "Request body over the configured limit, or a multipart form over its limits (parts, field size).",
     415: "Not a decodable image (text, truncated, corrupt) or not an image content type.",
     422: "Decompression bomb, more pixels than the configured limit, or a JPEG with more scans than allowed.",
@@ -42,7 +42,7 @@ def search(args: dict, upload: object) -> dict:
         decoded = time.perf_counter()
         (answer,) = get_engine().search(snap, pixels[None], **search_kwargs(args))
         return {
-            **answers.header(snap.generation, args),
+            **answers.header(snap.generation, args, answer.answer.grouped, answer.answer.exact),
             "query": query,
             "batch_size": answer.batch_size,
             **answer_body(answer, (decoded - t0) * 1000, t0),
@@ -65,6 +65,7 @@ def search_batch(args: dict, upload: object) -> dict:
     if len(files) > limit:
         abort(400, f"{len(files)} images in one batch; at most {limit}")
     with get_engine().snapshot() as snap:
+        plan = get_engine().plan(snap, **search_kwargs(args))  # a bad filter: 400 before any decoding
         entries: list[dict] = []
         good: list[tuple[dict, np.ndarray, float]] = []
         for f in files:
@@ -87,12 +88,14 @@ def search_batch(args: dict, upload: object) -> dict:
             entry = {"status": 200, "query": query}
             entries.append(entry)
             good.append((entry, pixels, (time.perf_counter() - t) * 1000))
+        exact = all(s.index_type == "flat" for s in snap.segments)
         if good:
             results = get_engine().search(snap, np.stack([p for _, p, _ in good]), **search_kwargs(args))
             for (entry, _, decode_ms), answer in zip(good, results, strict=True):
                 entry.update(answer_body(answer, decode_ms, t0))
+            exact = all(a.answer.exact for a in results)
         return {
-            **answers.header(snap.generation, args),
+            **answers.header(snap.generation, args, plan.grouped, exact),
             "answers": entries,
             "total_ms": (time.perf_counter() - t0) * 1000,
         }
@@ -130,7 +133,7 @@ def read_image() -> tuple[bytes, str | None]:
 
 
 def search_kwargs(args: dict) -> dict:
-    return {key: args[key] for key in ("k", "label", "nprobe", "ef_search")}
+    return {key: args[key] for key in ("k", "label", "nprobe", "ef_search", "filter", "group_by")}
 
 
 def decode(data: bytes, filename: str | None, snap: Snapshot) -> tuple[np.ndarray, dict]:
@@ -153,7 +156,7 @@ def decode(data: bytes, filename: str | None, snap: Snapshot) -> tuple[np.ndarra
 
 def answer_body(answer: Answer, decode_ms: float, t0: float) -> dict:
     return {
-        "results": [answers.result(h) for h in answer.hits],
+        "results": answers.results(answer.answer),
         "novelty_percentile": answer.novelty_percentile,
         "timings": {
             "decode_ms": round(decode_ms, 3),

@@ -19,7 +19,7 @@ from search_api.keys import KEY_PATTERN, create_key, revoke_key
 # POSTs that only read: each one is a deliberate exception to "not GET means write".
 READ_POSTS = {"search.search", "search.search_batch"}
 # A sample value per URL variable, so every rule of the url_map can be requested.
-URL_SAMPLES = {"item_id": "1", "job_id": "1", "filename": {"static": "app.js", "apidocs.static": "swagger-ui.css"}}
+URL_SAMPLES = {"item_id": "1", "job_id": "1", "product_id": "sku-1", "filename": {"static": "app.js", "apidocs.static": "swagger-ui.css"}}
 
 
 @dataclass(frozen=True)

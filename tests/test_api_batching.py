@@ -164,10 +164,10 @@ def test_engine_batch_mixes_k_and_labels_correctly(catalog):
             pre = snap.encoder.preprocess
             px = [pre.to_uint8(load_image(p))[None] for p in catalog.query_paths()[:4]]
             queries = [
-                Query(snap, px[0], k=3),
-                Query(snap, px[1], k=7, label="rings"),
-                Query(snap, np.concatenate([px[2], px[3]]), k=5),
-                Query(snap, px[3], k=2, label="mugs"),
+                Query(snap, px[0], eng.plan(snap, k=3)),
+                Query(snap, px[1], eng.plan(snap, k=7, label="rings")),
+                Query(snap, np.concatenate([px[2], px[3]]), eng.plan(snap, k=5)),
+                Query(snap, px[3], eng.plan(snap, k=2, label="mugs")),
             ]
             together = eng._process(queries)
             alone = [eng._process([q])[0] for q in queries]
@@ -175,9 +175,9 @@ def test_engine_batch_mixes_k_and_labels_correctly(catalog):
         for t, a, q in zip(together, alone, queries, strict=True):
             for t_answer, a_answer in zip(t, a, strict=True):
                 assert [h.id for h in t_answer.hits] == [h.id for h in a_answer.hits]
-                assert len(t_answer.hits) == q.k
-                if q.label:
-                    assert {h.item.label for h in t_answer.hits} == {q.label}
+                assert len(t_answer.hits) == q.plan.k
+            if q.plan.allowed is not None:  # the label's items
+                assert {h.item.label for h in t[0].hits} == {"rings" if q.plan.k == 7 else "mugs"}
         assert together[0][0].batch_size == 5
     finally:
         eng.close()

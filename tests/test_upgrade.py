@@ -1,5 +1,5 @@
 """An index written at schema 0001 (one `generations/NNNNNN.faiss` per generation) upgrades in place
-to segments, and an upgrade killed half-way leaves a usable 0001 catalog.
+to segments and products (0002, 0003), and an upgrade killed half-way leaves a usable 0001 catalog.
 
 The 0001 index is built as the 0001 writer built it: the catalog created by migration 0001, rows
 inserted with SQL, FAISS files written by `faiss.write_index`, vectors from the real encoder.
@@ -135,6 +135,12 @@ def test_an_index_written_at_0001_upgrades_in_place(legacy, tmp_path):
     verified = CliRunner().invoke(cli, ["verify", str(index)])  # the upgrade hashed every file it kept
     assert verified.exit_code == 0 and "2 current or kept generations, 2 segment files" in verified.output
     assert_same_index(index_contents(index), was_current)  # verified in full: ids, counts, segment_id
+    db = sqlite3.connect(index / "catalog.sqlite")  # through 0003: products, no item linked to one
+    try:
+        assert db.execute("SELECT count(*) FROM items WHERE product_id IS NOT NULL").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM products").fetchone() == (0,)
+    finally:
+        db.close()
     snap = open_snapshot(index)
     try:
         assert [s.file for s in snap.segments] == ["generations/000003.faiss"]
@@ -181,6 +187,7 @@ def test_a_killed_upgrade_leaves_a_usable_0001_catalog(legacy, tmp_path):
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         columns = {r[1] for r in db.execute("PRAGMA table_info(items)")}
         assert "segments" not in tables and "segment_id" not in columns  # the DDL was rolled back too
+        assert "products" not in tables and "product_id" not in columns  # 0003 ran in the same transaction
         assert db.execute("SELECT count(*) FROM items WHERE deleted_generation IS NULL").fetchone() == (24,)
     finally:
         db.close()

@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 if TYPE_CHECKING:
     from encoder.train import TrainConfig, TrainResult
-    from imgrec.querying import QueryAnswer
     from indexer import JobSummary
+    from indexer.querying import QueryAnswer
 
 
 def __getattr__(name: str) -> tuple[type[Exception], ...]:
@@ -151,12 +151,35 @@ def echo_summary(s: JobSummary) -> None:
         click.echo(f"warning: {warning}")
     for path, reason in s.problems:
         click.echo(f"  not indexed: {path}: {reason}")
+    if s.catalog is not None:
+        echo_catalog(s.catalog)
+
+
+def echo_catalog(c: dict) -> None:
+    """A catalog's description (`products.catalog_summary`): counts, types, notes, row problems."""
+    types = ", ".join(f"{n} ({t})" for n, t in c["attribute_types"].items()) or "none"
+    click.echo(f"catalog {c['file']}: {c['rows']} rows, {c['products']} products, {c['images']} images")
+    click.echo(f"  attributes: {types}")
+    for note in c["notes"]:
+        click.echo(f"  {note}")
+    if c["n_problems"]:
+        click.echo(f"  {c['n_problems']} rows left out:")
+    for problem in c["problems"]:
+        click.echo(f"    {problem}")
+    if c["n_problems"] > len(c["problems"]):
+        click.echo(f"    ... and {c['n_problems'] - len(c['problems'])} more")
 
 
 def echo_answer(a: QueryAnswer) -> None:
     click.echo(f"\n{a.query}  ({a.score_kind}; novelty {a.novelty_text})")
     click.echo(f"{'rank':>4}  {a.score_kind:>10}  {'label':<16} path")
-    for h in a.hits:
-        click.echo(f"{h.rank:>4}  {h.score:>10.4f}  {h.item.label:<16} {h.item.path}")
+    for r in a.answer.results:
+        h, p = r.hit, r.product
+        product = (
+            ""
+            if p is None
+            else f"  [{p.product_id}] {p.title or ''}" + (f" {p.price:.2f}" if p.price is not None else "")
+        )
+        click.echo(f"{h.rank:>4}  {h.score:>10.4f}  {h.item.label:<16} {h.item.path}{product}")
     if a.grid_path:
         click.echo(f"grid: {a.grid_path}")

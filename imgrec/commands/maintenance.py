@@ -42,6 +42,11 @@ def status(index_dir: str, as_json: bool, limit: int) -> None:
         click.echo(f"  {row['state']:<8} {row['path']}: {row['reason']}")
     if report["problems_not_listed"]:
         click.echo(f"  ... and {report['problems_not_listed']} more (--limit)")
+    catalog = (report["generation"] or {}).get("catalog")
+    if catalog is not None:
+        from imgrec.commands.common import echo_catalog
+
+        echo_catalog(catalog)
 
 
 @click.command()

@@ -1,7 +1,7 @@
 """api keys: the search API's keys (a hash of each secret, its scope, when revoked)
 
 Revision ID: 0004
-Revises: 0002 (re-chained to 0003 when the products migration lands; this one touches no other table)
+Revises: 0003 (touches no other table)
 Create Date: 2026-11-30 15:00:00
 
 Adds the `api_keys` table only. An existing index upgrades in place (a new empty table); the
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
