@@ -286,6 +286,40 @@ def _live_latency(r: dict) -> str:
     )
 
 
+@renderer("filtered_search")
+def _filtered_search(r: dict) -> str:
+    rows = [
+        {**f, "pct": f"{100 * f['selectivity']:.1f}%", "matches": f"{f['matches']:,}"} for f in r["filtered"]
+    ]
+    cols = [
+        ("pct", "selectivity", ""), ("matches", "matches", ""), ("filter_first_ms", "filter, first evaluation ms", ".1f"),
+        ("direct_ms", "direct scoring ms", ".1f"), ("selector_ms", "FAISS selector ms", ".1f"),
+        ("default_ms", "default plan ms", ".1f"), ("ratio", "x unfiltered", ".2f"),
+    ]  # fmt: skip
+    return (
+        md_table(rows, cols)
+        + f"\n{r['n']:,} x {r['d']} flat, k = {r['k']}, medians over {r['queries']} queries. Unfiltered p50 "
+        f"{r['unfiltered_p50_ms']:.1f} ms; grouped by product (5 images each, k = 10 products) "
+        f"{r['grouped_p50_ms']:.1f} ms, {r['grouped_ratio']:.2f}x ungrouped. Filter columns read from SQLite "
+        f"on a snapshot's first filter: {r['columns_read_s']:.1f} s.\n" + measured(r)
+    )
+
+
+@renderer("filter_eval")
+def _filter_eval(r: dict) -> str:
+    rows = [{**x, "pct": f"{100 * x['target']:g}%"} for x in r["results"]]
+    cols = [
+        ("pct", "selectivity", ""), ("shape", "shape", ""), ("numpy_mask_ms", "numpy mask ms", ".1f"),
+        ("numpy_ids_ms", "numpy ids ms", ".1f"), ("sql_ms", "SQLite ids ms", ",.0f"),
+        ("sql_over_numpy", "SQLite / numpy", ".0f"),
+    ]  # fmt: skip
+    return (
+        md_table(rows, cols)
+        + f"\nBuilding the columns (`read_item_columns`): {r['read_item_columns_s']:.1f} s, "
+        f"{r['columns_mb']:.0f} MB of arrays.\n" + measured(r)
+    )
+
+
 @renderer("hostile_decode")
 def _hostile_decode(r: dict) -> str:
     h, lim = r["hostile"], r["at_limit"]
