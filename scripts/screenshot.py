@@ -49,7 +49,7 @@ def make_catalog(inventory: Path) -> Path:
         for c, folder in enumerate(sorted(p for p in inventory.iterdir() if p.is_dir())):
             for n, photo in enumerate(sorted(folder.glob("*.jpg"))):
                 p = n // PHOTOS_PER_PRODUCT
-                sku = f"{folder.name[:3].upper()}-{p + 1:03d}"
+                sku = f"{folder.name.upper()}-{p + 1:02d}"
                 price = 9.9 + 5 * ((7 * p + 3 * c) % 12)
                 title = f"{folder.name.replace('-', ' ').capitalize()} no. {p + 1}"
                 w.writerow([sku, f"{folder.name}/{photo.name}", title, f"https://shop.example/{sku}",
