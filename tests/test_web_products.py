@@ -10,7 +10,7 @@ import pytest
 from conftest import Api
 
 from indexer import IndexOptions, run_index
-from tests.test_web import CHROMIUM, browser, open_page, url_params  # noqa: F401 - fixtures
+from tests.test_web import CHROMIUM, PHONE, browser, open_page, url_params  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (Debian package `chromium`)"
@@ -158,3 +158,47 @@ def test_a_page_without_a_catalog_shows_no_filter_controls(open_page, base_url):
     page = open_page(base_url + "/")
     expect(page.locator("#filters")).to_be_hidden()
     assert page.locator("#filters input, #filters select").count() == 0
+
+
+def test_a_refused_filter_shows_its_message_and_keeps_the_query(open_page, shop_url, catalog):  # noqa: F811
+    """A filter the server refuses (here a control for a name the catalog no longer has, as after a catalog
+    change under an open page) shows the server's message; the query stays, so a changed filter searches again."""
+    from playwright.sync_api import expect
+
+    page = open_page(shop_url + "/")
+    page.expected_errors.append("the server responded with a status of 400")
+    page.set_input_files("#file", str(catalog.query_paths()[2]))
+    wait_for_ids(page, api_search(shop_url, catalog, 2))
+    page.evaluate(
+        """() => {
+            const box = Object.assign(document.createElement("input"), {type: "checkbox", name: "f.colour"});
+            box.dataset.attribute = "colour";
+            document.getElementById("filters").append(box);
+            box.click();
+        }"""
+    )
+    expect(page.locator("#error")).to_contain_text("The filter was refused: ")
+    expect(page.locator("#error")).to_contain_text("did you mean 'color'?")
+    expect(page.locator("#grid li.result")).to_have_count(0)
+    page.uncheck("input[name='f.colour']")
+    wait_for_ids(page, api_search(shop_url, catalog, 2))
+    expect(page.locator("#error")).to_be_hidden()
+
+
+def test_an_unknown_filter_value_in_the_url_is_reported_and_dropped(open_page, shop_url):  # noqa: F811
+    from playwright.sync_api import expect
+
+    page = open_page(shop_url + "/?f.color=purple&max.price=50")
+    expect(page.locator("#error")).to_contain_text('no color "purple"')
+    expect(page.locator("select[name='f.color']")).to_have_value("")
+    expect(page.locator("input[name='max.price']")).to_have_value("50")
+    assert url_params(page) == {"max.price": "50"}
+
+
+def test_the_first_product_shows_on_a_phone_without_scrolling(open_page, shop_url, catalog):  # noqa: F811
+    page = open_page(shop_url + "/", viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page.set_input_files("#file", str(catalog.query_paths()[3]))
+    wait_for_ids(page, api_search(shop_url, catalog, 3))
+    box = page.locator("#grid li.result").first.bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], box
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scrolling
