@@ -27,19 +27,19 @@ def colour(folder_index: int) -> str:
 @pytest.fixture(scope="module")
 def shop(catalog, tmp_path_factory):
     """The session's inventory with a catalog: 4 photos a product (12 products), prices 9.5, 19.5, ...,
-    a colour per folder, `on_sale` on every third product."""
+    a colour per folder, `on_sale` on every third product, a `fit type` (a name that needs backticks)."""
     root = tmp_path_factory.mktemp("web-shop")
     images = sorted(p.relative_to(catalog.inventory).as_posix() for p in catalog.inventory.rglob("*.jpg"))
     folders = sorted({i.split("/")[0] for i in images})
     with open(root / "products.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["product_id", "image", "title", "url", "price", "color", "on_sale"])
+        w.writerow(["product_id", "image", "title", "url", "price", "color", "on_sale", "fit type"])
         for n, image in enumerate(images):
             p = n // 4
             sku = f"SKU-{p:02d}"
             url = "javascript:alert(1)" if sku == JS_PRODUCT else f"https://shop.example/p/{p}"
             w.writerow([sku, image, f"Thing {p}", url, 9.5 + 10 * p, colour(folders.index(image.split("/")[0])),
-                        "true" if p % 3 == 0 else "false"])  # fmt: skip
+                        "true" if p % 3 == 0 else "false", "slim" if p % 2 else "loose"])  # fmt: skip
     run_index(catalog.inventory, catalog.model, root / "index", IndexOptions(catalog=root / "products.csv"))
     return root / "index"
 
@@ -202,3 +202,15 @@ def test_the_first_product_shows_on_a_phone_without_scrolling(open_page, shop_ur
     box = page.locator("#grid li.result").first.bounding_box()
     assert box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], box
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scrolling
+
+
+def test_a_name_that_is_not_an_identifier_goes_in_backticks(open_page, shop_url, catalog):  # noqa: F811
+    page = open_page(shop_url + "/")
+    page.set_input_files("#file", str(catalog.query_paths()[4]))
+    wait_for_ids(page, api_search(shop_url, catalog, 4))
+    page.select_option("select[name='f.fit type']", "slim")
+    slim = api_search(shop_url, catalog, 4, filter='`fit type` = "slim"')
+    assert slim and all(r["product"]["attributes"]["fit type"] == "slim" for r in slim)
+    wait_for_ids(page, slim)
+    assert page.evaluate("filterExpression()") == '`fit type` = "slim"'
+    assert page.evaluate("['in', 'True', 'a1', '1a'].map(filterName)") == ["`in`", "`True`", "a1", "`1a`"]
