@@ -5,15 +5,18 @@
 
 It builds an index with the real commands and the default model, outside the project (`--work`, default
 /tmp/imgrec-screenshot): copies the first `--per-class` photos of each class of
-../shared/datasets/clothing-small/train into an inventory there, then `imgrec train`, `imgrec index` and
-`imgrec serve`; opens the page in headless Chromium (Playwright), searches with one validation photo and saves
-the page as a palette PNG (under 300 KB). Re-runs reuse the work folder's model and index. Exits 0 with a
+../shared/datasets/clothing-small/train into an inventory there, writes a small generated catalog for them
+(`products.csv`: a product per 3 photos of a class, titled by the class, with a price and a colour), then
+`imgrec train`, `imgrec index --catalog` and `imgrec serve`; opens the page in headless Chromium (Playwright),
+searches with one validation photo (product cards, the filter bar) and saves the page as a palette PNG (under
+300 KB). Re-runs reuse the work folder's model and index. Exits 0 with a
 SKIP line when the datasets or Chromium are absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import shutil
 import socket
@@ -32,6 +35,26 @@ MAX_BYTES = 300_000
 QUERY = "validation/shirt"  # the query: the first photo (by name) of this folder
 VIEWPORT = {"width": 960, "height": 700}  # the page grows to its content (full_page)
 K = 12
+PHOTOS_PER_PRODUCT = 3
+COLOURS = ["black", "white", "navy", "red", "green", "beige", "grey"]
+
+
+def make_catalog(inventory: Path) -> Path:
+    """A generated catalog beside the inventory: a product per PHOTOS_PER_PRODUCT photos of a class (titled by
+    the class), its price and colour drawn from a fixed pattern (the same every run)."""
+    out = inventory.parent / "products.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "image", "title", "url", "price", "color"])
+        for c, folder in enumerate(sorted(p for p in inventory.iterdir() if p.is_dir())):
+            for n, photo in enumerate(sorted(folder.glob("*.jpg"))):
+                p = n // PHOTOS_PER_PRODUCT
+                sku = f"{folder.name.upper()}-{p + 1:02d}"
+                price = 9.9 + 5 * ((7 * p + 3 * c) % 12)
+                title = f"{folder.name.replace('-', ' ').capitalize()} no. {p + 1}"
+                w.writerow([sku, f"{folder.name}/{photo.name}", title, f"https://shop.example/{sku}",
+                            f"{price:.2f}", COLOURS[(p + c) % len(COLOURS)]])  # fmt: skip
+    return out
 
 
 def imgrec(*args: str) -> None:
@@ -90,6 +113,8 @@ def shoot(base_url: str, query: Path, out: Path) -> int:
         page.wait_for_selector("#label[data-loaded]", state="attached")
         page.set_input_files("#file", str(query))
         expect(page.locator("#grid li.result")).to_have_count(K, timeout=120_000)
+        # lazy images below the fold too: the screenshot is of the whole page
+        page.eval_on_selector_all("#grid img", "imgs => imgs.forEach(i => { i.loading = 'eager'; })")
         page.wait_for_function(
             "Array.from(document.querySelectorAll('#grid img, #query-image'))"
             ".every(i => i.complete && i.naturalWidth > 0)"
@@ -132,7 +157,9 @@ def main() -> int:
     model, index = work / "model", work / "index"
     if not (model / "config.json").exists():
         imgrec("train", "--images", str(inventory), "--out", str(model))
-    imgrec("index", "--inventory", str(inventory), "--model", str(model), "--index", str(index))
+    products = make_catalog(inventory)
+    imgrec("index", "--inventory", str(inventory), "--model", str(model), "--index", str(index),
+           "--catalog", str(products))  # fmt: skip
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"

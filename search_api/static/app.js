@@ -1,14 +1,16 @@
 // imgrec web page: upload or drop an image, show the top-k look-alikes, click one for more like it.
 //
 // State: `held` is the query being shown (a file, or an item for "more like this"); the search settings are the
-// named controls of #settings (k, label; later filters), mirrored in the URL so a reload or a shared link keeps
-// them. Changing a setting re-runs the held query; only the latest search's answer is ever shown.
+// named controls of #settings (k, label) and #filters (built from /v1/attributes, composed into one `filter=`),
+// mirrored in the URL so a reload, a shared link or Back keeps them. Changing a setting re-runs the held query;
+// only the latest search's answer is ever shown.
 "use strict";
 
 const main = document.querySelector("main");
 const page = {
   searchUrl: main.dataset.searchUrl,
   statsUrl: main.dataset.statsUrl,
+  attributesUrl: main.dataset.attributesUrl,
   defaultK: Number(main.dataset.defaultK),
   thumbnailSize: Number(main.dataset.thumbnailSize),
   thumbnailMaxSize: Number(main.dataset.thumbnailMaxSize),
@@ -17,6 +19,7 @@ const $ = (id) => document.getElementById(id);
 const fileInput = $("file");
 const drop = $("drop");
 const settings = $("settings");
+const filters = $("filters");
 
 let held = null; // {kind: "file", file, src} | {kind: "item", hit}
 let heldSerial = 0; // identifies `held`, so a settings change re-runs only when something changed
@@ -41,10 +44,68 @@ function noveltyText(percentile) {
   return percentile == null ? "" : `, novelty ${ordinal(Math.round(percentile))} percentile`;
 }
 
+const PRICE_FORMAT = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+
+function formatPrice(price) {
+  return PRICE_FORMAT.format(price);
+}
+
+/** The URL when it is an http(s) one (a product link out), else null: no javascript:, data: or relative links. */
+function safeLink(url) {
+  if (typeof url !== "string") return null;
+  try {
+    const u = new URL(url);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+// --- the filter language (docs/products.md): names bare or in backticks, strings as JSON strings ------------
+
+const FILTER_KEYWORDS = new Set(["and", "or", "not", "in", "true", "false"]);
+
+function filterName(name) {
+  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(name) && !FILTER_KEYWORDS.has(name.toLowerCase()) ? name : `\`${name}\``;
+}
+
+/** A string literal: JSON's escapes are the language's (`"` and `\` escaped, control characters as \uXXXX). */
+function filterString(value) {
+  return JSON.stringify(value);
+}
+
+/** The filter controls' values as one expression ("" when none is set). */
+function filterExpression() {
+  const parts = [];
+  for (const el of filterControls()) {
+    const name = filterName(el.dataset.attribute);
+    if (el.type === "checkbox") {
+      if (el.checked) parts.push(`${name} = true`);
+    } else if (el.dataset.op) { // a number bound
+      const n = Number(el.value);
+      if (el.value !== "" && Number.isFinite(n)) parts.push(`${name} ${el.dataset.op} ${n}`);
+    } else if (el.value) {
+      parts.push(`${name} = ${filterString(el.value)}`);
+    }
+  }
+  return parts.join(" AND ");
+}
+
 // --- settings and the URL ----------------------------------------------------------------------------------
 
 function namedControls() {
-  return Array.from(settings.elements).filter((el) => el.name);
+  return [...settings.elements, ...filters.elements].filter((el) => el.name);
+}
+
+function filterControls() {
+  return Array.from(filters.elements).filter((el) => el.dataset.attribute != null);
+}
+
+/** A control's value as it goes in the URL ("" for a default: left out). */
+function controlValue(el) {
+  if (el.type === "checkbox") return el.checked ? "true" : "";
+  if (el.name === "k") return Number(el.value) === page.defaultK ? "" : el.value;
+  return el.value;
 }
 
 /** Bring k into 1..max (a typed 0, 500 or "" becomes a valid number shown in the box). */
@@ -55,32 +116,46 @@ function normaliseK() {
   box.value = String(Number.isFinite(n) && n >= 1 ? Math.min(n, max) : page.defaultK);
 }
 
-/** The settings as search API parameters (empty ones left out). */
+/** The settings as search API parameters (empty ones left out; the filter controls as one `filter`). */
 function settingsParams() {
   const params = new URLSearchParams();
   for (const el of namedControls()) {
-    if (el.value) params.set(el.name, el.value);
+    if (el.dataset.attribute == null && el.value) params.set(el.name, el.value);
   }
+  const filter = filterExpression();
+  if (filter) params.set("filter", filter);
   return params;
 }
 
-/** Write the settings that differ from the defaults into the address (no new history entry). */
-function writeUrl() {
+/** Write the settings that differ from the defaults into the address: a new history entry for a change the
+ * person made (`push`), else the current entry replaced (the page's own normalisation). */
+function writeUrl(push = false) {
   const url = new URL(window.location.href);
   for (const el of namedControls()) {
-    const isDefault = el.name === "k" ? Number(el.value) === page.defaultK : !el.value;
-    if (isDefault) url.searchParams.delete(el.name);
-    else url.searchParams.set(el.name, el.value);
+    const value = controlValue(el);
+    if (value) url.searchParams.set(el.name, value);
+    else url.searchParams.delete(el.name);
   }
-  window.history.replaceState(null, "", url);
+  if (url.href === window.location.href) return;
+  if (push) window.history.pushState(null, "", url);
+  else window.history.replaceState(null, "", url);
 }
 
-/** Apply the address's value of one setting, when the control can show it. */
-function readUrl(el) {
+/** Apply the address's value of one setting, when the control can show it (`reset`: absent -> the default). */
+function readUrl(el, reset = false) {
   const value = new URL(window.location.href).searchParams.get(el.name);
-  if (value == null) return;
+  if (value == null) {
+    if (!reset) return;
+    if (el.type === "checkbox") el.checked = false;
+    else el.value = el.name === "k" ? String(page.defaultK) : "";
+    return;
+  }
+  if (el.type === "checkbox") { el.checked = value === "true"; return; }
   if (el.tagName === "SELECT" && !Array.from(el.options).some((o) => o.value === value)) {
-    showError(`There is no label "${value}" in this index: showing any label.`);
+    showError(el.dataset.attribute == null
+      ? `There is no label "${value}" in this index: showing any label.`
+      : `There is no ${el.dataset.attribute} "${value}" in this index: showing any.`);
+    el.value = "";
     return;
   }
   el.value = value;
@@ -89,6 +164,13 @@ function readUrl(el) {
 
 function settingsChanged() {
   normaliseK();
+  writeUrl(true);
+  run();
+}
+
+/** Back or Forward: the controls show that entry's settings, and the held query is searched with them. */
+function urlChanged() {
+  for (const el of namedControls()) readUrl(el, true);
   writeUrl();
   run();
 }
@@ -187,30 +269,75 @@ function showQuery(title, meta, fillImage) {
   main.classList.add("has-query");
 }
 
-/** One result card: the image (a button: more like this), then its caption lines (product fields go there). */
+function captionLine(name, text) {
+  const span = document.createElement("span");
+  span.className = name;
+  span.textContent = text;
+  return span;
+}
+
+/** An image as a button: more like it. */
+function moreLikeButton(hit, className, alt) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = className;
+  button.title = `More like item ${hit.id}`;
+  const img = document.createElement("img");
+  setThumbnail(img, hit.thumbnail_url);
+  img.alt = alt;
+  img.loading = "lazy";
+  button.append(img);
+  button.addEventListener("click", () => moreLike(hit));
+  return button;
+}
+
+/** The caption of a product: title, price, SKU, a link out (http(s) only), the product's other images. */
+function productLines(hit, product) {
+  const lines = [];
+  if (product.title) lines.push(captionLine("title", product.title));
+  if (product.price != null) lines.push(captionLine("price", formatPrice(product.price)));
+  lines.push(captionLine("sku", `SKU ${product.id}`));
+  const href = safeLink(product.url);
+  if (href) {
+    const a = document.createElement("a");
+    a.className = "link";
+    a.href = href;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    a.textContent = "View product";
+    lines.push(a);
+  }
+  if (hit.images && hit.images.length) {
+    const others = document.createElement("div");
+    others.className = "others";
+    for (const im of hit.images) {
+      const other = { ...im, label: hit.label };
+      others.append(moreLikeButton(other, "other", `${product.title || product.id}: another photo (item ${im.id})`));
+    }
+    lines.push(others);
+  }
+  return lines;
+}
+
+/** One result card: the image (a button: more like this), then its caption lines (label and score, or the
+ * product's fields and the score). */
 function resultCard(hit, scoreKind) {
   const li = document.createElement("li");
   li.className = "result";
   li.dataset.id = hit.id;
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "more-like";
-  button.title = `More like item ${hit.id}`;
-  const img = document.createElement("img");
-  setThumbnail(img, hit.thumbnail_url);
-  img.alt = `${hit.label} (item ${hit.id})`;
-  img.loading = "lazy";
-  button.append(img);
-  button.addEventListener("click", () => moreLike(hit));
+  const product = hit.product;
+  const alt = product ? `${product.title || product.id} (item ${hit.id})` : `${hit.label} (item ${hit.id})`;
   const caption = document.createElement("div");
   caption.className = "caption";
-  for (const [name, text] of [["label", hit.label], ["score", formatScore(hit.score, scoreKind)]]) {
-    const span = document.createElement("span");
-    span.className = name;
-    span.textContent = text;
-    caption.append(span);
+  if (product) {
+    li.classList.add("product");
+    li.dataset.product = product.id;
+    caption.append(...productLines(hit, product));
+  } else {
+    caption.append(captionLine("label", hit.label));
   }
-  li.append(button, caption);
+  caption.append(captionLine("score", formatScore(hit.score, scoreKind)));
+  li.append(moreLikeButton(hit, "more-like", alt), caption);
   return li;
 }
 
@@ -246,7 +373,9 @@ async function callApi(url, options) {
     throw new Error("a read key is needed");
   }
   if (!response.ok) {
-    throw new Error(body && body.message ? body.message : `the server answered ${response.status}`);
+    const error = new Error(body && body.message ? body.message : `the server answered ${response.status}`);
+    error.code = body && body.error;
+    throw error;
   }
   return body;
 }
@@ -285,6 +414,12 @@ async function run() {
     setStatus(timingText(answer));
   } catch (e) {
     if (seq !== latest) return;
+    if (e.code === "bad_filter") { // the query is fine: keep it, so a changed filter searches again
+      clearShown();
+      setStatus("");
+      showError(`The filter was refused: ${e.message}`);
+      return;
+    }
     hold(null);
     clearShown();
     setStatus("");
@@ -313,21 +448,80 @@ function moreLike(hit) {
   run();
 }
 
+const MAX_SELECT_VALUES = 30; // a string attribute with more values gets no select
+
+function option(value, text) {
+  const o = document.createElement("option");
+  o.value = value;
+  o.textContent = text;
+  return o;
+}
+
+function labelled(text, control) {
+  const label = document.createElement("label");
+  label.append(text, control);
+  return label;
+}
+
+/** The controls of one attribute from /v1/attributes (none for one that cannot be shown as a control). */
+function filterControlsFor(attr) {
+  const named = (el, name, op) => {
+    el.name = name;
+    el.dataset.attribute = attr.name;
+    if (op) el.dataset.op = op;
+    return el;
+  };
+  if (attr.type === "number") {
+    if (attr.min == null || attr.max == null) return [];
+    const bound = (which, op, placeholder) => {
+      const input = named(document.createElement("input"), `${which}.${attr.name}`, op);
+      Object.assign(input, { type: "number", step: "any", min: String(attr.min), max: String(attr.max), placeholder });
+      input.inputMode = "decimal";
+      return input;
+    };
+    const span = document.createElement("span");
+    span.className = "range";
+    span.append(`${attr.name} `, labelled("from", bound("min", ">=", String(attr.min))),
+      labelled("to", bound("max", "<=", String(attr.max))));
+    return [span];
+  }
+  if (attr.type === "boolean") {
+    const box = named(document.createElement("input"), `f.${attr.name}`);
+    box.type = "checkbox";
+    box.value = "true";
+    const label = document.createElement("label");
+    label.className = "check";
+    label.append(box, ` ${attr.name}`);
+    return [label];
+  }
+  if (attr.type === "string" && attr.values && attr.values.length && !attr.more_values &&
+      attr.values.length <= MAX_SELECT_VALUES) {
+    const select = named(document.createElement("select"), `f.${attr.name}`);
+    select.append(option("", "any"), ...attr.values.map((v) => option(v.value, `${v.value} (${v.count})`)));
+    return [labelled(`${attr.name} `, select)];
+  }
+  return [];
+}
+
+async function loadFilters() {
+  const answer = await callApi(page.attributesUrl);
+  const controls = answer.attributes.flatMap(filterControlsFor);
+  filters.replaceChildren(filters.querySelector("legend"), ...controls);
+  filters.hidden = controls.length === 0;
+}
+
+/** The labels (from /v1/stats) and the filter controls (from /v1/attributes), then the URL's settings. */
 async function loadLabels() {
   const select = $("label");
   try {
-    const stats = await callApi(page.statsUrl);
-    for (const name of Object.keys(stats.labels).sort()) {
-      const option = document.createElement("option");
-      option.value = name;
-      option.textContent = `${name} (${stats.labels[name]})`;
-      select.append(option);
-    }
+    const stats = await callApi(page.statsUrl); // first: a refused key is reported once, by this call
+    await loadFilters();
+    for (const name of Object.keys(stats.labels).sort()) select.append(option(name, `${name} (${stats.labels[name]})`));
   } catch (e) {
     if (!$("key-form").hidden) return;
     showError(`The index is not ready: ${e.message}`);
   }
-  readUrl(select);
+  for (const el of namedControls()) if (el.name !== "k") readUrl(el);
   writeUrl();
   select.dataset.loaded = "true";
 }
@@ -336,6 +530,8 @@ async function loadLabels() {
 
 $("query-form").addEventListener("submit", (e) => { e.preventDefault(); settingsChanged(); }); // Enter in "Results"
 settings.addEventListener("change", settingsChanged);
+filters.addEventListener("change", settingsChanged);
+window.addEventListener("popstate", urlChanged);
 fileInput.addEventListener("change", () => {
   const file = fileInput.files[0];
   fileInput.value = ""; // choosing the same file again searches again
