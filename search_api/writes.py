@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from apiflask import APIBlueprint, Schema, abort
-from apiflask.fields import File, Integer, Nested, String
+from apiflask.fields import Dict, File, Float, Integer, Nested, String
 from flask import current_app, request, url_for
 from marshmallow import INCLUDE
 from sqlalchemy import select, text
@@ -68,6 +68,17 @@ class JobUpload(Schema):
     url = String()
     price = String(metadata={"description": "A number."})
     attributes = String(metadata={"description": "A JSON object; other form fields are attributes too."})
+
+
+class ProductPatch(Schema):
+    title = String(allow_none=True, metadata={"description": "null clears it."})
+    url = String(allow_none=True, metadata={"description": "null clears it."})
+    price = Float(allow_none=True, metadata={"description": "A number; null clears it."})
+    attributes = Dict(
+        metadata={
+            "description": "{name: value}: the catalog's attributes, each of its type; null removes one."
+        }
+    )
 
 
 class JobInfo(Schema):
@@ -263,7 +274,8 @@ def patch_body() -> dict:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             abort(400, "the body must be a JSON object with any of title, url, price, attributes")
-        for name, value in body.items():
+        attrs = body.get("attributes")
+        for name, value in [*body.items(), *(attrs.items() if isinstance(attrs, dict) else ())]:
             if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
                 abort(400, f"field {name!r} is over {MAX_FIELD_CHARS} characters")
         return body
@@ -291,6 +303,7 @@ def patch_body() -> dict:
 
 
 @bp.patch("/v1/products/<string:product_id>")
+@bp.input(ProductPatch, location="json", arg_name="documented", validation=False)  # read by patch_body
 @bp.output(JobAnswer, status_code=202)
 @bp.doc(
     responses={
@@ -300,7 +313,7 @@ def patch_body() -> dict:
         503: WRITE_ERRORS[503],
     }
 )
-def patch_product(product_id: str):
+def patch_product(product_id: str, documented: object = None):
     """Change a product's metadata (title, url, price, attributes; null removes): queued for the
     indexer, which publishes it without re-embedding anything. Body: JSON or form fields."""
     key = idempotency_key()

@@ -179,9 +179,13 @@ def test_idempotency_and_refusals(patched_shop):
         == 400
     )
     assert api.patch("/v1/products/SKU-2", data={"price": "x"}).status_code == 400
+    bad_json = api.patch("/v1/products/SKU-2", data=b"{nope", headers={"Content-Type": "application/json"})
+    assert bad_json.status_code == 400, bad_json.text
     assert (
         api.patch("/v1/products/SKU-2", json={"price": 1}, headers={"Authorization": None}).status_code == 401
     )
+    documented = api.get("/openapi.json").json()["paths"]["/v1/products/{product_id}"]["patch"]
+    assert "requestBody" in documented and {"202", "400", "404", "409"} <= set(documented["responses"])
     kinds = {k for (k,) in sqlite3.connect(cat.index / DATABASE_FILE).execute("SELECT kind FROM jobs")}
     assert kinds == {"patch"}  # the refused requests queued nothing
 
