@@ -2,6 +2,7 @@
 
     job, new = enqueue_add(engine, path=rel, sha256=sha, payload={...}, key=idempotency_key)
     job = enqueue_delete(engine, item_id, key=None)          # None: no such live item
+    job, new = enqueue_patch(engine, "SKU-1", {"price": 9.5}, key=None)   # changes: products.check_patch
     get_job(engine, job_id) -> JobRecord | None
     queued_jobs(engine) -> list[JobRecord]                   # the indexer's next batch
     resolve_jobs(engine, jobs) -> {job id: state}             # after the batch's publish
