@@ -89,6 +89,7 @@ class JobSummary:
     warnings: list[str] = field(default_factory=list)  # e.g. a compaction skipped for lack of space
     restored: list[str] = field(default_factory=list)  # e.g. a missing model copy restored
     model_dir: str = ""  # the model dir given (`imgrec verify --repair` restores a model copy from it)
+    products_patched: int = 0  # products changed over the API (PATCH jobs) this run
     catalog: dict | None = None  # products.catalog_summary of the run's catalog (its row problems too)
 
     def as_dict(self) -> dict:
@@ -150,6 +151,11 @@ def run_index(
 
             add_tombstones(plan, engine, inventory_root, live.tombstones)
             plan.vanished = sorted({*plan.vanished, *(set(live.force) - set(plan.settle))})  # forgotten
+        patches = []
+        if live is not None and live.patches:
+            from indexer.live import prepare_patches
+
+            patches = prepare_patches(engine, live.patches)
         summary = JobSummary(unchanged=plan.unchanged, skipped=plan.still_skipped)
         summary.model_dir, summary.restored = summary_model_dir, restored
         catalog = read_catalog(opts.catalog, inventory) if opts.catalog is not None else None
@@ -160,7 +166,8 @@ def run_index(
             catalog_changed = stored.get("sha256") != catalog.sha256
         if on_total:
             on_total(len(plan.embed))
-        if not plan.changes_anything and not catalog_changed and not (opts.full and cur is not None):
+        quiet = not plan.changes_anything and not catalog_changed and not patches
+        if quiet and not (opts.full and cur is not None):
             settle_folders(engine, plan)  # compared and unchanged: settled as they are
             prune(index_dir, engine, opts.keep_generations)
             summary.generation_id = parent_id
@@ -169,7 +176,7 @@ def run_index(
 
         from indexer.ingest import embed_files
 
-        if cur is not None and not plan.changes_anything and not opts.full:  # only the catalog changed
+        if cur is not None and not plan.changes_anything and not opts.full:  # only products changed
             encoder = StoredModel(cur.model_fingerprint, cur.model_config, cur.dim)
         else:
             from encoder import load_encoder  # torch work only when images changed
@@ -187,6 +194,7 @@ def run_index(
         # A rebuild of a live index publishes once at the end; otherwise every checkpoint is a generation.
         checkpoint = None if rebuild else opts.checkpoint_every
         publisher.catalog, publisher.catalog_pending = catalog, catalog_changed
+        publisher.patches = patches
         publisher.stage_plan(plan, plan.live_at_path)
         publisher.before_first_commit = lambda session: forget_folders(session, plan)
         files, plan.embed = plan.embed, []

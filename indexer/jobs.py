@@ -2,6 +2,7 @@
 
     job, new = enqueue_add(engine, path=rel, sha256=sha, payload={...}, key=idempotency_key)
     job = enqueue_delete(engine, item_id, key=None)          # None: no such live item
+    job, new = enqueue_patch(engine, "SKU-1", {"price": 9.5}, key=None)   # changes: products.check_patch
     get_job(engine, job_id) -> JobRecord | None
     queued_jobs(engine) -> list[JobRecord]                   # the indexer's next batch
     resolve_jobs(engine, jobs) -> {job id: state}             # after the batch's publish
@@ -11,8 +12,9 @@ catalog.sqlite, so a job and the item it made are read from one database; a job 
 the ledger and the items after the publish (`resolve_jobs`), so a kill between the publish and the
 resolution leaves it queued and the next batch resolves it the same way: nothing is lost and
 nothing is applied twice. Kinds: `add` (the image is already in the inventory at `path`, written
-and fsynced before the job row commits) and `delete` (`item_id`); `patch` (product metadata, no
-re-embedding) is one more kind once the products tables exist.
+and fsynced before the job row commits), `delete` (`item_id`) and `patch` (a product's metadata,
+payload {"product_id": SKU, "changes": {...}}, nothing re-embedded): a patch is settled inside the
+publish transaction that applies it (`settle_in`), or failed before it when it no longer applies.
 
 Uploads go to `_uploads/<sha256[:2]>/<label>/<name><ext>` under the inventory: content-addressed
 (`name` = the image's sha256, plus a digest of the product id when one is given), never the
@@ -170,6 +172,22 @@ def enqueue_delete(engine: Engine, item_id: int, key: str | None) -> tuple[JobRe
     return _insert(engine, dict(kind="delete", item_id=item_id, payload={}), key)
 
 
+def enqueue_patch(
+    engine: Engine, product_key: str, changes: dict[str, Any], key: str | None
+) -> tuple[JobRecord, bool]:
+    """Queue a product metadata change (`changes` checked by `products.check_patch`)."""
+    payload = {"product_id": product_key, "changes": changes}
+    with Session(engine) as session:
+        if (job := _by_key(session, key)) is not None:
+            return _check_same(job, "patch", payload=payload), False
+    return _insert(engine, dict(kind="patch", payload=payload), key)
+
+
+def settle_in(session: Session, job_id: int, **values: Any) -> None:
+    """Settle one job in the caller's transaction (a patch: with the publish that applies it)."""
+    session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow(), **values))
+
+
 def _insert(engine: Engine, values: dict, key: str | None) -> tuple[JobRecord, bool]:
     now = utcnow()
     try:
@@ -199,7 +217,7 @@ def resolve_jobs(engine: Engine, jobs: list[JobRecord], inventory: str | Path) -
 
     add: the ledger row of its path is `embedded` -> indexed (its item); skipped/failed -> failed
     (the indexer's reason); the file gone -> failed. delete: the item is deleted -> indexed; it no
-    longer exists -> failed. Anything else stays queued for the next batch."""
+    longer exists -> failed. patch: already settled (reported). Anything else stays queued."""
     states: dict[int, str] = {}
     now = utcnow()
     with Session(engine) as session, session.begin():
@@ -222,6 +240,10 @@ def resolve_jobs(engine: Engine, jobs: list[JobRecord], inventory: str | Path) -
                     values = dict(state="failed", reason=f"no item {job.item_id}")
                 elif item.deleted_generation is not None:
                     values = dict(state="indexed", generation_id=item.deleted_generation)
+            elif job.kind == "patch":  # settled with its publish, or failed before it
+                state = session.scalar(select(Job.state).where(Job.id == job.id))
+                if state != "queued":
+                    states[job.id] = state
             else:
                 values = dict(state="failed", reason=f"unknown job kind {job.kind!r}")
             if values is not None:

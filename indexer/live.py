@@ -2,7 +2,8 @@
 
     result = apply_batch(inventory, model_dir, index_dir, dirty, full=False, options=..., encoder=...)
 
-A batch takes the queued jobs (`indexer.jobs`), adds the folders of their uploads and of the items
+A batch takes the queued jobs (`indexer.jobs`; a `patch` job changes a product's metadata in the
+same publish, no folder planned, no segment written), adds the folders of their uploads and of the items
 to delete to the `dirty` folders reported by the watcher, plans only those folders (`plan_live`:
 each folder's own files merge-joined with its ledger rows, the settled-folder digests re-used, a
 vanished folder's ledger rows read by path range; no scan of the rest of the inventory), runs the
@@ -45,6 +46,7 @@ class LiveChanges:
     folders: dict[str, bool] | None  # folder prefix ("a/b/", "" = root) -> recursive; None: everything
     tombstones: list[int] = field(default_factory=list)  # live items deleted over the API, file kept
     force: set[str] = field(default_factory=set)  # folders compared file by file even if settled
+    patches: list[queue.JobRecord] = field(default_factory=list)  # product metadata changes (kind patch)
 
 
 @dataclass
@@ -164,6 +166,46 @@ def take_deletes(
     return tombstones, folders
 
 
+@dataclass(frozen=True)
+class Patch:
+    """A patch job that applies: its product (products.id) and checked changes."""
+
+    job_id: int
+    product_key: str
+    pid: int
+    changes: dict
+
+
+def patch_problem(session: Session, product_key: str, changes: dict) -> tuple[int | None, str | None]:
+    """(products.id, None) when the change applies to the catalog as it is now, else (None, why)."""
+    from indexer.filter_sql import attribute_types_of
+    from indexer.products import PatchError, check_patch, product_id_of
+
+    pid = product_id_of(session, product_key)
+    if pid is None:
+        return None, f"product {product_key!r} is no longer in the catalog"
+    try:
+        check_patch(changes, attribute_types_of(session))
+    except PatchError as e:
+        return None, f"the catalog changed since the request: {e}"
+    return pid, None
+
+
+def prepare_patches(engine: Engine, jobs: list[queue.JobRecord]) -> list[Patch]:
+    """The patches that apply; the others are failed now (the run holds the index lock, so what
+    the catalog says cannot change before the publish)."""
+    out = []
+    with Session(engine) as session, session.begin():
+        for j in jobs:
+            key, changes = j.payload.get("product_id"), j.payload.get("changes") or {}
+            pid, why = patch_problem(session, key, changes)
+            if pid is None:
+                queue.settle_in(session, j.id, state="failed", reason=why)
+            else:
+                out.append(Patch(j.id, key, pid, changes))
+    return out
+
+
 def apply_batch(
     inventory: str | Path,
     model_dir: str | Path,
@@ -194,7 +236,8 @@ def apply_batch(
                     folders.setdefault(folder_of(j.path), False)
             for prefix in force:
                 folders.setdefault(prefix, False)
-        changes = LiveChanges(folders, tombstones, force)
+        patches = [j for j in jobs if j.kind == "patch"]
+        changes = LiveChanges(folders, tombstones, force, patches)
         summary = run_index(
             inventory, model_dir, index_dir, options, live=changes, encoder=encoder, embedder=embedder
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -507,3 +508,103 @@ def _type_of(value: object, known: str | None) -> str:
     if isinstance(value, int | float):
         return "number"
     return known if known == "string" else "string"
+
+
+# -- PATCH /v1/products/{id}: metadata changes over the API ---------------------------------------
+
+PATCH_FIELDS = ("title", "url", "price")
+
+
+class PatchError(ValueError):
+    """A product change that cannot apply (the API answers 400; the indexer fails the job)."""
+
+
+def check_patch(changes: dict, types: dict[str, str]) -> dict:
+    """The normalized changes of a PATCH (`title`, `url`, `price`, `attributes` {name: value|None}).
+
+    Attributes must be known (their type comes from the catalog file) and of their type; None
+    removes one (or clears a field).
+
+    :raise PatchError: an unknown field or attribute, or a value of the wrong type.
+    """
+    if not isinstance(changes, dict):
+        raise PatchError("send a JSON object with any of title, url, price, attributes")
+    unknown = sorted(set(changes) - {*PATCH_FIELDS, "attributes"})
+    if unknown:
+        raise PatchError(f"unknown field {unknown[0]!r}: send any of title, url, price, attributes")
+    if not changes:
+        raise PatchError("nothing to change: send any of title, url, price, attributes")
+    out: dict = {}
+    for name in ("title", "url"):
+        if name in changes:
+            value = changes[name]
+            if value is not None and not isinstance(value, str):
+                raise PatchError(f"{name} must be a string or null")
+            out[name] = value
+    if "price" in changes:
+        value = changes["price"]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise PatchError(f"price must be a number or null, got {value!r}")
+        out["price"] = float(value) if value is not None else None
+    if "attributes" in changes:
+        given = changes["attributes"]
+        if not isinstance(given, dict):
+            raise PatchError("attributes must be an object {name: value}")
+        attrs = {}
+        for name, value in given.items():
+            kind = types.get(name)
+            if kind is None:
+                known = ", ".join(sorted(types)) or "none"
+                raise PatchError(
+                    f"unknown attribute {name!r} (known: {known}); new attributes come from the catalog file"
+                )
+            if value is not None and not _is_a(value, kind):
+                raise PatchError(f"attribute {name!r} is a {kind}, got {value!r}")
+            if kind == "number" and value is not None:
+                value = float(value)
+            attrs[name] = value
+        out["attributes"] = attrs
+    return out
+
+
+def patch_product(session: Session, pid: int, changes: dict, generation_id: int) -> None:
+    """Apply checked `changes` to live product `pid` in the caller's transaction, with a
+    `ProductChange` ("updated", `previous`) that rollback restores. The product's `metadata_sha256`
+    (its catalog row's digest) is kept: the next catalog sync overwrites the change only if the
+    file's own row for this product changed (see docs/products.md)."""
+    record = product_records(session, [pid])[pid]
+    digest, deleted = session.execute(
+        sa.select(products.c.metadata_sha256, products.c.deleted_generation).where(products.c.id == pid)
+    ).one()
+    session.add(
+        ProductChange(
+            generation_id=generation_id,
+            product_id=pid,
+            change="updated",
+            previous=_previous(record, "updated", digest, deleted),
+        )
+    )
+    fields = {k: v for k, v in changes.items() if k in PATCH_FIELDS}
+    if fields:
+        session.execute(sa.update(products).where(products.c.id == pid).values(**fields))
+    types = dict(session.execute(sa.select(AttributeType.name, AttributeType.type)).all())
+    for name, value in (changes.get("attributes") or {}).items():
+        session.execute(
+            sa.delete(attributes).where(attributes.c.product_id == pid, attributes.c.name == name)
+        )
+        if value is not None:
+            session.execute(
+                sa.insert(attributes),
+                [{"product_id": pid, "name": name, **dict.fromkeys(VALUE_COLUMNS.values()),
+                  VALUE_COLUMNS[types[name]]: value}],
+            )  # fmt: skip
+
+
+def _is_a(value: object, kind: str) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, str)

@@ -103,13 +103,16 @@ class Publisher:
         self.catalog_pending = (
             False  # the catalog differs from the parent's: publish even with no image change
         )
+        self.patches: list = []  # indexer.live.Patch: product metadata changes (API PATCH jobs)
 
     @property
     def staged_embeddings(self) -> int:
         return len(self.embedded)
 
     def has_staged(self) -> bool:
-        return bool(self.delete_ids or self.ledger_only or self.embedded or self.catalog_pending)
+        return bool(
+            self.delete_ids or self.ledger_only or self.embedded or self.catalog_pending or self.patches
+        )
 
     def stage_plan(self, plan: Plan, live_at_path: dict[str, int]) -> None:
         """Stage the plan's deletions and ledger-only changes; `live_at_path`: live items of files
@@ -151,6 +154,7 @@ class Publisher:
             and not self.delete_ids
             and not self.rebuild
             and not self.catalog_pending
+            and not self.patches
         ):
             with Session(self.engine) as session, session.begin():
                 self._first_transaction(session)
@@ -176,6 +180,7 @@ class Publisher:
         self.parent_id = gen_id
         self.rebuild = False
         self.catalog_pending = False
+        self.patches = []
         self.delete_ids, self.ledger_only, self.embedded, self.vectors = [], [], [], []
         return gen_id
 
@@ -275,8 +280,25 @@ class Publisher:
             )  # unchanged: new images only
             store_catalog(session, self.catalog, gen.id, record_changes=self.record_changes, only=only)
             entry = catalog_summary(self.catalog)
+        self._apply_patches(session, gen.id)  # after the file: the API's change is the newer one
         if entry is not None:  # products exist: their images or they changed, and so may the facets
             gen.summary = {**gen.summary, "catalog": entry, "facets": attribute_facets(session)}
+
+    def _apply_patches(self, session: Session, gen_id: int) -> None:
+        """Apply the staged product patches (recorded for rollback) and settle their jobs in this
+        transaction: a kill before the commit leaves them queued, after it settled."""
+        from indexer.jobs import settle_in
+        from indexer.live import patch_problem
+        from indexer.products import patch_product
+
+        for p in self.patches:
+            pid, why = patch_problem(session, p.product_key, p.changes)  # the file may have changed
+            if pid is None:
+                settle_in(session, p.job_id, state="failed", reason=why)
+                continue
+            patch_product(session, pid, p.changes, gen_id)
+            settle_in(session, p.job_id, state="indexed", generation_id=gen_id)
+            self.summary.products_patched += 1
 
     def _apply_embedded(
         self, session: Session, gen_id: int, seg_id: int | None, changes: _Changes, now

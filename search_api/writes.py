@@ -2,14 +2,16 @@
 
     POST   /v1/items         multipart `image` (+ product_id, label, title, url, price, attributes)
     DELETE /v1/items/{id}
+    PATCH  /v1/products/{id} JSON or form: title, url, price, attributes {name: value|null}
     GET    /v1/jobs/{id}     queued | indexed (item id, generation) | failed (reason)
 
-Both writes answer 202 with a job and its `Location`; the indexer (`imgrec index --watch`) applies
+The writes answer 202 with a job and its `Location`; the indexer (`imgrec index --watch`) applies
 queued jobs in batches (`indexer.jobs`, `indexer.live`). An upload is decoded here with the
 indexer's limits (a corrupt, huge or non-image upload is a 4xx and nothing is queued), then saved
 under the inventory's `_uploads/` folder (content-addressed; fsynced) before its job row commits.
 An `Idempotency-Key` header, or the same image bytes for the same product and label, answers the
-existing job instead of making a second item.
+existing job instead of making a second item. A PATCH changes a catalog product's metadata only
+(nothing is re-embedded): the attributes must be the catalog's, of their type (`check_patch`).
 
 None of these endpoints is marked as a read: the access layer asks for a write key.
 """
@@ -21,16 +23,19 @@ import json
 from pathlib import Path
 
 from apiflask import APIBlueprint, Schema, abort
-from apiflask.fields import File, Integer, Nested, String
+from apiflask.fields import Dict, File, Float, Integer, Nested, String
 from flask import current_app, request, url_for
 from marshmallow import INCLUDE
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from encoder.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, load_image
 from indexer import jobs as queue
 from indexer.db import DATABASE_FILE, Generation, IndexState, database_url, make_engine
+from indexer.filter_sql import attribute_types_of
+from indexer.products import PATCH_FIELDS, PatchError, check_patch, product_id_of
 from search_api import auth
 from search_api.engine import get_engine
 
@@ -65,9 +70,20 @@ class JobUpload(Schema):
     attributes = String(metadata={"description": "A JSON object; other form fields are attributes too."})
 
 
+class ProductPatch(Schema):
+    title = String(allow_none=True, metadata={"description": "null clears it."})
+    url = String(allow_none=True, metadata={"description": "null clears it."})
+    price = Float(allow_none=True, metadata={"description": "A number; null clears it."})
+    attributes = Dict(
+        metadata={
+            "description": "{name: value}: the catalog's attributes, each of its type; null removes one."
+        }
+    )
+
+
 class JobInfo(Schema):
     id = Integer(required=True)
-    kind = String(required=True, metadata={"description": "add | delete"})
+    kind = String(required=True, metadata={"description": "add | delete | patch"})
     state = String(required=True, metadata={"description": "queued | indexed | failed"})
     url = String(required=True)
     item_id = Integer(allow_none=True, metadata={"description": "The item added or deleted."})
@@ -249,3 +265,71 @@ def get_job(job_id: int):
     if job is None:
         abort(404, f"no job {job_id}")
     return job_body(job)
+
+
+def patch_body() -> dict:
+    """The PATCH body as {field: value}: a JSON object, or form fields (`price` a number, empty: none;
+    `attributes` a JSON object)."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            abort(400, "the body must be a JSON object with any of title, url, price, attributes")
+        attrs = body.get("attributes")
+        for name, value in [*body.items(), *(attrs.items() if isinstance(attrs, dict) else ())]:
+            if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+                abort(400, f"field {name!r} is over {MAX_FIELD_CHARS} characters")
+        return body
+    if request.mimetype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        abort(400, "send a JSON object (or form fields) with any of title, url, price, attributes")
+    body: dict = {}
+    for name, value in request.form.items():
+        if len(value) > MAX_FIELD_CHARS:
+            abort(400, f"field {name!r} is over {MAX_FIELD_CHARS} characters")
+        if name in PATCH_FIELDS:
+            body[name] = value or None
+        elif name == "attributes":
+            try:
+                body[name] = json.loads(value)
+            except ValueError:
+                abort(400, "attributes must be a JSON object")
+        else:
+            body[name] = value  # refused by check_patch: unknown field
+    if body.get("price") is not None:
+        try:
+            body["price"] = float(body["price"])
+        except ValueError:
+            abort(400, f"price must be a number, got {body['price']!r}")
+    return body
+
+
+@bp.patch("/v1/products/<string:product_id>")
+@bp.input(ProductPatch, location="json", arg_name="documented", validation=False)  # read by patch_body
+@bp.output(JobAnswer, status_code=202)
+@bp.doc(
+    responses={
+        400: "Not a JSON object or form; an unknown field or attribute; a value of the wrong type.",
+        404: "No such product in the catalog.",
+        409: WRITE_ERRORS[409],
+        503: WRITE_ERRORS[503],
+    }
+)
+def patch_product(product_id: str, documented: object = None):
+    """Change a product's metadata (title, url, price, attributes; null removes): queued for the
+    indexer, which publishes it without re-embedding anything. Body: JSON or form fields."""
+    key = idempotency_key()
+    body = patch_body()
+    engine = queue_engine()
+    with Session(engine) as session:
+        found = product_id_of(session, product_id) if len(product_id) <= MAX_FIELD_CHARS else None
+        types = attribute_types_of(session)
+    if found is None:
+        abort(404, f"no product {product_id!r} in the catalog")
+    try:
+        changes = check_patch(body, types)
+    except PatchError as e:
+        abort(400, str(e))
+    try:
+        job, _ = queue.enqueue_patch(engine, product_id, changes, key)
+    except queue.IdempotencyConflict as e:
+        abort(409, str(e))
+    return accepted(job)
