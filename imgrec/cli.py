@@ -236,8 +236,12 @@ def index(
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         common.echo_summary(summary)
-    if options.get("catalog") and summary.added + summary.updated + summary.unchanged == 0:
-        raise click.ClickException("nothing could be indexed: see the problems above")
+    if summary.added + summary.updated + summary.unchanged == 0 and summary.skipped + summary.failed > 0:
+        # every file was refused (all symlinks out of the inventory, none an image, ...): say it loudly
+        raise click.ClickException(
+            f"nothing could be indexed: all {summary.skipped + summary.failed:,} files were skipped or failed "
+            f"(see the problems above, or `imgrec status {index_dir}`)"
+        )
 
 
 def _watch(
