@@ -241,11 +241,9 @@ def synthetic_index_dir(n: int, d: int = 128, cache: Path = CACHE) -> Path:
 
     from encoder import load_encoder
     from encoder.model_dir import copy_model_dir
-    from indexer import faiss_index
-    from indexer.db import Generation, GenerationSegment, Item, Segment, open_database, utcnow
+    from indexer.db import Item, open_database, utcnow
     from indexer.generations import make_current
     from indexer.job import MODELS_DIR
-    from indexer.segments import build_segment, ids_checksum, segment_file, write_checked
 
     index_dir = cache / f"synthetic-v2-{n}x{d}"
     if (index_dir / "READY").exists():
@@ -263,23 +261,8 @@ def synthetic_index_dir(n: int, d: int = 128, cache: Path = CACHE) -> Path:
     now = utcnow()
     ids = np.arange(1, n + 1, dtype=np.int64)
     with Session(engine) as session, session.begin():
-        gen = Generation(
-            status="building", faiss_file="", item_count=n, ids_sha256="", ids_checksum=ids_checksum(ids),
-            model_fingerprint=encoder.fingerprint, model_config=encoder.config, dim=d, metric="cosine",
-            index_type="flat", inventory_root=str(index_dir / "inventory"), parent_id=None, run_summary={},
-            summary={"labels": dict(zip(labels, np.bincount(ids % 10, minlength=10).tolist(), strict=True))},
-        )  # fmt: skip
-        seg = Segment(
-            file="", item_count=n, dim=d, metric="cosine", index_type="flat", byte_size=0, sha256="",
-            ids_sha256=faiss_index.ids_sha256(ids),
-        )  # fmt: skip
-        session.add_all([gen, seg])
-        session.flush()
-        seg.file = segment_file(seg.id)
-        (index_dir / seg.file).parent.mkdir(parents=True, exist_ok=True)
-        written = write_checked(build_segment(synthetic_vectors(n, d), ids, "cosine"), index_dir / seg.file)
-        seg.byte_size, seg.sha256 = written.byte_size, written.sha256
-        session.add(GenerationSegment(generation_id=gen.id, segment_id=seg.id, deleted=b"", n_deleted=0))
+        labels_summary = dict(zip(labels, np.bincount(ids % 10, minlength=10).tolist(), strict=True))
+        gen, seg = add_flat_generation(session, index_dir, encoder, ids, d, {"labels": labels_summary})
         for start in range(0, n, 100_000):
             rows = [
                 dict(
@@ -305,6 +288,35 @@ def synthetic_index_dir(n: int, d: int = 128, cache: Path = CACHE) -> Path:
     (index_dir / "READY").write_text("ok\n")
     print(f"built synthetic index {index_dir} in {time.perf_counter() - t:.0f} s")
     return index_dir
+
+
+def add_flat_generation(session, index_dir: Path, encoder, ids, d: int, summary: dict):  # noqa: ANN001, ANN201
+    """In the caller's transaction: a building generation holding one flat cosine segment of
+    `len(ids)` synthetic vectors (written by `segments.write_checked`), no deletions.
+    Returns (generation, segment); the caller adds the items and makes it current."""
+    from indexer import faiss_index
+    from indexer.db import Generation, GenerationSegment, Segment
+    from indexer.segments import build_segment, ids_checksum, segment_file, write_checked
+
+    n = len(ids)
+    gen = Generation(
+        status="building", faiss_file="", item_count=n, ids_sha256="", ids_checksum=ids_checksum(ids),
+        model_fingerprint=encoder.fingerprint, model_config=encoder.config, dim=d, metric="cosine",
+        index_type="flat", inventory_root=str(index_dir / "inventory"), parent_id=None, run_summary={},
+        summary=summary,
+    )  # fmt: skip
+    seg = Segment(
+        file="", item_count=n, dim=d, metric="cosine", index_type="flat", byte_size=0, sha256="",
+        ids_sha256=faiss_index.ids_sha256(ids),
+    )  # fmt: skip
+    session.add_all([gen, seg])
+    session.flush()
+    seg.file = segment_file(seg.id)
+    (index_dir / seg.file).parent.mkdir(parents=True, exist_ok=True)
+    written = write_checked(build_segment(synthetic_vectors(n, d), ids, "cosine"), index_dir / seg.file)
+    seg.byte_size, seg.sha256 = written.byte_size, written.sha256
+    session.add(GenerationSegment(generation_id=gen.id, segment_id=seg.id, deleted=b"", n_deleted=0))
+    return gen, seg
 
 
 def query_jpeg(seed: int = 0) -> bytes:

@@ -30,7 +30,16 @@ from pathlib import Path
 
 import _common  # noqa: F401 - puts the project on sys.path
 import numpy as np
-from _common import CACHE, machine, median, random_model_dir, synthetic_vectors, table, write_json
+from _common import (
+    CACHE,
+    add_flat_generation,
+    machine,
+    median,
+    random_model_dir,
+    synthetic_vectors,
+    table,
+    write_json,
+)
 
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
 PER_PRODUCT = 5
@@ -43,22 +52,10 @@ def build_index(n: int, d: int, cache: Path = CACHE) -> Path:
 
     from encoder import load_encoder
     from encoder.model_dir import copy_model_dir
-    from indexer import faiss_index
-    from indexer.db import (
-        AttributeType,
-        Generation,
-        GenerationSegment,
-        Item,
-        Product,
-        ProductAttribute,
-        Segment,
-        open_database,
-        utcnow,
-    )  # fmt: skip
+    from indexer.db import AttributeType, Item, Product, ProductAttribute, open_database, utcnow
     from indexer.generations import make_current
     from indexer.job import MODELS_DIR
     from indexer.products import attribute_facets
-    from indexer.segments import build_segment, ids_checksum, segment_file, write_checked
 
     index_dir = cache / f"filtered-v1-{n}x{d}"
     if (index_dir / "READY").exists():
@@ -76,23 +73,7 @@ def build_index(n: int, d: int, cache: Path = CACHE) -> Path:
     n_products = n // PER_PRODUCT
     pop = np.random.default_rng(1).random(n_products)
     with Session(engine) as session, session.begin():
-        gen = Generation(
-            status="building", faiss_file="", item_count=n, ids_sha256="", ids_checksum=ids_checksum(ids),
-            model_fingerprint=encoder.fingerprint, model_config=encoder.config, dim=d, metric="cosine",
-            index_type="flat", inventory_root=str(index_dir / "inventory"), parent_id=None, run_summary={},
-            summary={"labels": {"all": n}},
-        )  # fmt: skip
-        seg = Segment(
-            file="", item_count=n, dim=d, metric="cosine", index_type="flat", byte_size=0, sha256="",
-            ids_sha256=faiss_index.ids_sha256(ids),
-        )  # fmt: skip
-        session.add_all([gen, seg])
-        session.flush()
-        seg.file = segment_file(seg.id)
-        (index_dir / seg.file).parent.mkdir(parents=True, exist_ok=True)
-        written = write_checked(build_segment(synthetic_vectors(n, d), ids, "cosine"), index_dir / seg.file)
-        seg.byte_size, seg.sha256 = written.byte_size, written.sha256
-        session.add(GenerationSegment(generation_id=gen.id, segment_id=seg.id, deleted=b"", n_deleted=0))
+        gen, seg = add_flat_generation(session, index_dir, encoder, ids, d, {"labels": {"all": n}})
         session.execute(sa.insert(AttributeType), [{"name": "pop", "type": "number"}])
         for start in range(0, n_products, 100_000):
             chunk = range(start + 1, min(n_products, start + 100_000) + 1)
@@ -185,10 +166,15 @@ def main() -> None:
     print(
         table(
             rows,
-            [("selectivity", "selectivity", ".1%"), ("matches", "matches", ","),
-             ("filter_first_ms", "filter eval ms", ".1f"), ("direct_ms", "direct ms", ".1f"),
-             ("selector_ms", "selector ms", ".1f"), ("default_ms", "default plan ms", ".1f"),
-             ("ratio", "x unfiltered", ".2f")],
+            [
+                ("selectivity", "selectivity", ".1%"),
+                ("matches", "matches", ","),
+                ("filter_first_ms", "filter eval ms", ".1f"),
+                ("direct_ms", "direct ms", ".1f"),
+                ("selector_ms", "selector ms", ".1f"),
+                ("default_ms", "default plan ms", ".1f"),
+                ("ratio", "x unfiltered", ".2f"),
+            ],
         )  # fmt: skip
     )
     print(f"grouped by product (k={k}, {PER_PRODUCT} images each): {grouped:.1f} ms, {grouped / base:.2f}x")
@@ -199,13 +185,17 @@ def main() -> None:
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": machine(),
             "command": "python " + " ".join(sys.argv),
-            "n": args.n, "d": args.d, "k": k, "queries": args.queries,
+            "n": args.n,
+            "d": args.d,
+            "k": k,
+            "queries": args.queries,
             "unfiltered_p50_ms": base,
             "filtered": rows,
             "grouped_p50_ms": grouped,
             "grouped_ratio": grouped / base,
             "columns_read_s": columns_s,
-            "direct_max": defaults[0], "direct_share": defaults[1],
+            "direct_max": defaults[0],
+            "direct_share": defaults[1],
         },  # fmt: skip
     )
 
