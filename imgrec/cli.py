@@ -123,14 +123,7 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads.")
 @click.option("--full", is_flag=True, help="Rebuild from scratch instead of updating.")
-@click.option(
-    "--keep",
-    "keep_generations",
-    type=int,
-    default=3,
-    show_default=True,
-    help="Generations kept for rollback.",
-)
+@common.keep_option
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
@@ -138,17 +131,8 @@ def train(out_dir: str, images: str, arch: str | None, **overrides: int | None) 
     show_default=True,
     help="Publish a generation after this many embedded files (a killed run resumes from there).",
 )
-@click.option(
-    "--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for another indexer run."
-)
-@click.option(
-    "--merge-factor",
-    type=click.IntRange(min=2),
-    default=10,
-    show_default=True,
-    envvar="IMGREC_MERGE_FACTOR",
-    help="Segments of one size tier merged into one (see docs/indexing.md, Compaction).",
-)
+@common.wait_option
+@common.merge_factor_option
 @click.option(
     "--dask",
     "dask_address",

@@ -45,6 +45,28 @@ def __getattr__(name: str) -> tuple[type[Exception], ...]:
     )
 
 
+# Options that several commands share (index, compact): one definition each.
+keep_option = click.option(
+    "--keep",
+    "keep_generations",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Generations kept for rollback.",
+)
+wait_option = click.option(
+    "--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for another indexer run."
+)
+merge_factor_option = click.option(
+    "--merge-factor",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    envvar="IMGREC_MERGE_FACTOR",
+    help="Segments of one size tier merged into one (see docs/indexing.md, Compaction).",
+)
+
+
 def check_index(index_dir: str) -> None:
     """Stop on damage in what the current generation uses: catalog, segment files (size, sha256),
     model copy (`indexer.verify.check_generation`; `imgrec.exit_codes` gives the exit code)."""

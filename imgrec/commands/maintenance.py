@@ -6,6 +6,8 @@ import json
 
 import click
 
+from imgrec.commands.common import keep_option, merge_factor_option, wait_option
+
 
 @click.command()
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False), envvar="IMGREC_INDEX")
@@ -94,23 +96,9 @@ def rollback(index_dir: str) -> None:
 @click.option(
     "--all", "everything", is_flag=True, help="Merge every segment into one (and drop masked vectors)."
 )
-@click.option(
-    "--keep",
-    "keep_generations",
-    type=int,
-    default=3,
-    show_default=True,
-    help="Generations kept for rollback.",
-)
-@click.option("--wait", "wait_for_lock", type=float, default=0.0, help="Seconds to wait for an indexer run.")
-@click.option(
-    "--merge-factor",
-    type=click.IntRange(min=2),
-    default=10,
-    show_default=True,
-    envvar="IMGREC_MERGE_FACTOR",
-    help="Segments of one size tier merged into one.",
-)
+@keep_option
+@wait_option
+@merge_factor_option
 def compact(
     index_dir: str, everything: bool, keep_generations: int, wait_for_lock: float, merge_factor: int
 ) -> None:
