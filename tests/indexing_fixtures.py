@@ -29,9 +29,10 @@ from indexer import IndexOptions, open_snapshot, run_index
 IMAGE_SIZE = 16  # model input side: tiny, so embedding costs little next to the work under test
 
 
-def make_model_dir(path: Path, seed: int = 0, code_channels: int = 4) -> Path:
+def make_model_dir(path: Path, seed: int = 0, code_channels: int = 4, graph: bool = False) -> Path:
     """A random-weight conv-ae model dir (a different `seed` is a different model); its codes have
-    4 * `code_channels` dimensions."""
+    4 * `code_channels` dimensions. With `graph`, its ONNX graph is exported as `imgrec train` does;
+    without, it is a dir as written before graphs existed (torch runs it; exporting costs ~2 s)."""
     torch.manual_seed(seed)
     cfg = EncoderConfig(arch="conv-ae", image_size=IMAGE_SIZE, filters=(4, 4, code_channels))
     model = build_model(cfg).eval()
@@ -42,6 +43,10 @@ def make_model_dir(path: Path, seed: int = 0, code_channels: int = 4) -> Path:
         "code_dim": code_dim(model, IMAGE_SIZE),
         "training": {"seed": seed},
     }
+    if graph:
+        from encoder.export import export_autoencoder
+
+        config["graph"], config["graph_sha256"] = export_autoencoder(model, path, IMAGE_SIZE)
     save_model_dir(path, model.state_dict(), config)
     return path
 

@@ -59,7 +59,7 @@ def kind_model(request: pytest.FixtureRequest, other_model: Path) -> tuple[str, 
 
 
 EXPECTED = {  # fixture param -> (type, kind, name, arch, runtime, novelty reference)
-    "autoencoder": (AutoencoderModelConfig, "autoencoder", "conv-ae", "conv-ae", "torch", True),
+    "autoencoder": (AutoencoderModelConfig, "autoencoder", "conv-ae", "conv-ae", "onnx", True),
     "pretrained": (
         PretrainedModelConfig,
         "pretrained",

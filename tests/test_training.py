@@ -19,10 +19,13 @@ def test_training_lowers_validation_loss_and_writes_model_dir(tmp_path, arch):
     cfg = dataclasses.replace(TINY_TRAIN, arch=arch, epochs=5, patience=5, code_dim=32)
     result = train(inventory, tmp_path / "m", cfg)
     assert min(result.val_losses) < result.val_losses[0]
-    for name in ("model.safetensors", "config.json", "FINGERPRINT", "loss_curve.png", "reconstructions.png"):
+    files = ("model.safetensors", "config.json", "FINGERPRINT", "autoencoder.onnx", "loss_curve.png")
+    for name in (*files, "reconstructions.png"):
         assert (tmp_path / "m" / name).is_file(), name
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["model"]["arch"] == arch
+    assert config["graph"] == "autoencoder.onnx"
+    assert load_encoder(tmp_path / "m").model_config.runtime == "onnx"
     assert config["training"]["best_epoch"] == result.best_epoch
     # originals above reconstructions: two rows of square tiles
     with Image.open(tmp_path / "m" / "reconstructions.png") as im:
