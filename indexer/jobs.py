@@ -223,7 +223,12 @@ def resolve_jobs(engine: Engine, jobs: list[JobRecord], inventory: str | Path) -
     with Session(engine) as session, session.begin():
         for job in jobs:
             values: dict[str, Any] | None = None
-            if job.kind == "add":
+            if (
+                job.kind == "add"
+                and (state := session.scalar(select(Job.state).where(Job.id == job.id))) != "queued"
+            ):
+                states[job.id] = state  # settled with its publish (product fields), or failed before it
+            elif job.kind == "add":
                 row = session.scalar(select(LedgerEntry).where(LedgerEntry.path == job.path))
                 if row is not None and row.state == "embedded" and row.item_id is not None:
                     gen = session.scalar(select(Item.added_generation).where(Item.id == row.item_id))

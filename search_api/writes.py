@@ -36,6 +36,7 @@ from indexer import jobs as queue
 from indexer.db import DATABASE_FILE, Generation, IndexState, database_url, make_engine
 from indexer.filter_sql import attribute_types_of
 from indexer.products import PATCH_FIELDS, PatchError, check_patch, product_id_of
+from indexer.uploads import UploadError, product_fields
 from search_api import auth
 from search_api.engine import get_engine
 
@@ -44,7 +45,6 @@ bp = APIBlueprint("writes", __name__, tag="Writes")
 MAX_KEY_CHARS = 200
 MAX_FIELD_CHARS = 2000
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
-KNOWN_FIELDS = ("product_id", "label", "title", "url", "price", "attributes")
 WRITE_ERRORS = {
     400: "No image, an empty one, a bad field or Idempotency-Key.",
     409: "The Idempotency-Key was used for another request.",
@@ -178,20 +178,15 @@ def _format_of(data: bytes) -> str | None:
         return im.format
 
 
-def payload_fields() -> dict:
-    """The form fields besides the image: known ones checked, any other kept as an attribute."""
+def payload_fields(engine: Engine) -> dict:
+    """The form fields besides the image: `label`, and the product fields checked and typed
+    against the catalog's attribute types (`indexer.uploads.product_fields`; any other field is an
+    attribute)."""
     form = request.form
     for name, value in form.items():
         if len(value) > MAX_FIELD_CHARS:
             abort(400, f"field {name!r} is over {MAX_FIELD_CHARS} characters")
-    payload: dict = {k: form[k] for k in ("product_id", "title", "url") if form.get(k)}
-    payload["label"] = form.get("label") or queue.DEFAULT_LABEL
-    if form.get("price"):
-        try:
-            payload["price"] = float(form["price"])
-        except ValueError:
-            abort(400, f"price must be a number, got {form['price']!r}")
-    attributes = {k: v for k, v in form.items() if k not in KNOWN_FIELDS}
+    given: object = {}
     if form.get("attributes"):
         try:
             given = json.loads(form["attributes"])
@@ -199,9 +194,14 @@ def payload_fields() -> dict:
             given = None
         if not isinstance(given, dict):
             abort(400, "attributes must be a JSON object")
-        attributes.update(given)
-    if attributes:
-        payload["attributes"] = attributes
+    fields = {k: v for k, v in form.items() if k not in ("label", "attributes")}
+    with Session(engine) as session:
+        types = attribute_types_of(session)
+    try:
+        payload = product_fields(fields, given, types)
+    except UploadError as e:
+        abort(400, str(e))
+    payload["label"] = form.get("label") or queue.DEFAULT_LABEL
     return payload
 
 
@@ -220,7 +220,8 @@ def add_item(upload: object):
     if not data:
         abort(400, "the image is empty")
     key = idempotency_key()
-    payload = payload_fields()
+    engine = queue_engine()
+    payload = payload_fields(engine)
     ext, width, height = validate_upload(data)
     sha = hashlib.sha256(data).hexdigest()
     try:
@@ -228,7 +229,6 @@ def add_item(upload: object):
     except ValueError as e:
         abort(400, str(e))
     payload.update(width=width, height=height, bytes=len(data))
-    engine = queue_engine()
     try:
         job = queue.existing_add(engine, path, key, sha)
         if job is None:

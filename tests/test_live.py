@@ -179,7 +179,7 @@ def test_idempotency_never_makes_a_second_item(watched):
     assert other.json()["job"]["id"] != first.json()["job"]["id"]
     keyed = post_item(api, cat.query_bytes(2), key="k-1")
     assert (
-        post_item(api, cat.query_bytes(2), key="k-1", title="retry").json()["job"]["id"]
+        post_item(api, cat.query_bytes(2), key="k-1", label="retry").json()["job"]["id"]
         == keyed.json()["job"]["id"]
     )
     conflict = post_item(api, cat.query_bytes(4), key="k-1")
