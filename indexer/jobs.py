@@ -125,9 +125,17 @@ def _check_same(job: Job, kind: str, **expected: object) -> JobRecord:
     return _record(job)
 
 
-def existing_add(engine: Engine, path: str, key: str | None, sha256: str) -> JobRecord | None:
+def product_part(payload: dict[str, Any]) -> dict[str, Any]:
+    """An add job's product fields (`indexer.uploads.product_fields`)."""
+    return {k: payload[k] for k in ("product_id", "title", "url", "price", "attributes") if k in payload}
+
+
+def existing_add(
+    engine: Engine, path: str, key: str | None, sha256: str, payload: dict[str, Any] | None = None
+) -> JobRecord | None:
     """The job that already answers this upload: same Idempotency-Key, or the same path (same
-    bytes, label and product) still queued or indexed as a live item."""
+    bytes, label and product) still queued or indexed as a live item, and (given `payload`) with
+    the same product fields: other fields make a new job (same item, the product updated)."""
     with Session(engine) as session:
         if (job := _by_key(session, key)) is not None:
             return _check_same(job, "add", content_sha256=sha256)
@@ -138,6 +146,8 @@ def existing_add(engine: Engine, path: str, key: str | None, sha256: str) -> Job
         )
         for job in rows:
             if job.state == "queued" or _live(session, job.item_id):
+                if payload is not None and product_part(job.payload) != product_part(payload):
+                    return None
                 return _record(job)
         return None
 
@@ -152,7 +162,7 @@ def enqueue_add(
     engine: Engine, *, path: str, sha256: str, payload: dict[str, Any], key: str | None
 ) -> tuple[JobRecord, bool]:
     """Queue an upload already saved at `path`; (job, True) or, for a repeat, (its job, False)."""
-    if (job := existing_add(engine, path, key, sha256)) is not None:
+    if (job := existing_add(engine, path, key, sha256, payload)) is not None:
         return job, False
     return _insert(engine, dict(kind="add", path=path, content_sha256=sha256, payload=payload), key)
 

@@ -230,9 +230,12 @@ def add_item(upload: object):
         abort(400, str(e))
     payload.update(width=width, height=height, bytes=len(data))
     try:
-        job = queue.existing_add(engine, path, key, sha)
+        job = queue.existing_add(engine, path, key, sha, payload)
         if job is None:
-            queue.save_upload(inventory_root(engine), path, data)  # durable before the job row
+            root = inventory_root(engine)
+            in_use = queue.existing_add(engine, path, None, sha) is not None  # other product fields
+            if not in_use or not (root / path).is_file():  # (not rewritten: its item stays as it is)
+                queue.save_upload(root, path, data)  # durable before the job row
             job, _ = queue.enqueue_add(engine, path=path, sha256=sha, payload=payload, key=key)
     except queue.IdempotencyConflict as e:
         abort(409, str(e))

@@ -111,6 +111,13 @@ def test_an_upload_creates_its_product_and_a_second_image_updates_it(shop):
     assert grouped[0]["product"]["id"] == "API-1" and grouped[0]["id"] == second["item_id"]
     assert [im["id"] for im in grouped[0]["images"]] == [job["item_id"]]  # its other image
 
+    same = post_item(api, cat.query_bytes(4), product_id="API-1", price="80")  # a retry: the same job
+    assert same.json()["job"]["id"] == second["id"]
+    fixed = indexed(api, post_item(api, cat.query_bytes(4), product_id="API-1", title="Wool rug, large"))
+    assert fixed["id"] != second["id"] and fixed["item_id"] == second["item_id"]  # still one item
+    now = served(api, fixed["generation"], "/v1/products/API-1")
+    assert now["title"] == "Wool rug, large" and len(now["images"]) == 2
+
     extra = indexed(api, post_item(api, cat.query_bytes(5), product_id="SKU-0"))  # a catalog product
     sku0 = served(api, extra["generation"], "/v1/products/SKU-0")
     assert extra["item_id"] in [im["id"] for im in sku0["images"]] and sku0["title"] == "Thing 0"
