@@ -10,8 +10,11 @@ queued jobs in batches (`indexer.jobs`, `indexer.live`). An upload is decoded he
 indexer's limits (a corrupt, huge or non-image upload is a 4xx and nothing is queued), then saved
 under the inventory's `_uploads/` folder (content-addressed; fsynced) before its job row commits.
 An `Idempotency-Key` header, or the same image bytes for the same product and label, answers the
-existing job instead of making a second item. A PATCH changes a catalog product's metadata only
-(nothing is re-embedded): the attributes must be the catalog's, of their type (`check_patch`).
+existing job instead of making a second item (other product fields: a new job for the same item,
+which updates the product). With `product_id` the indexer creates or updates that product with the
+upload's fields in the item's publish (`indexer.uploads`; checked and typed here: a bad value is a
+400, product fields without a product_id too). A PATCH changes a product's metadata only
+(nothing is re-embedded): the attributes must be known, of their type (`check_patch`).
 
 None of these endpoints is marked as a read: the access layer asks for a write key.
 """
@@ -62,12 +65,22 @@ class JobUpload(Schema):
     image = File(
         required=True, metadata={"description": "The item's image (JPEG, PNG, WebP, GIF, BMP, TIFF)."}
     )
-    product_id = String(metadata={"description": "Your product id (same image + product: one item)."})
+    product_id = String(
+        metadata={
+            "description": "Your product id: created with the fields below, or updated with them "
+            "(same image + product: one item). Needed by any product field."
+        }
+    )
     label = String(metadata={"description": "The item's label (default `uploads`)."})
     title = String()
     url = String()
     price = String(metadata={"description": "A number."})
-    attributes = String(metadata={"description": "A JSON object; other form fields are attributes too."})
+    attributes = String(
+        metadata={
+            "description": "A JSON object; other form fields are attributes too. A known attribute "
+            "must be of its type; a new one takes its value's type."
+        }
+    )
 
 
 class ProductPatch(Schema):
