@@ -321,10 +321,23 @@ class Publisher:
 
     def _apply_uploads(self, session: Session, gen_id: int) -> None:
         """Create or update the products of the uploads whose item is live now (embedded by this
-        publish or an earlier one) and link them; settle their jobs in this transaction."""
-        from indexer.jobs import settle_in
-        from indexer.uploads import apply_upload
+        publish or an earlier one) and link them; settle their jobs in this transaction. Uploads
+        indexed before and embedded again (after a rollback) get their product back."""
+        from indexer.jobs import UPLOADS, settle_in
+        from indexer.uploads import apply_upload, embedded_again
 
+        mine = {u.path for u in self.uploads}
+        again = [
+            d.file.rel_path
+            for d in self.embedded
+            if d.file.rel_path.startswith(UPLOADS + "/") and d.file.rel_path not in mine
+        ]
+        for up in embedded_again(session, again) if again else ():
+            item_id = session.scalar(
+                select(Item.id).where(Item.path == up.path, Item.deleted_generation.is_(None))
+            )
+            if item_id is not None:
+                apply_upload(session, up, item_id, gen_id)
         for up in self.uploads:
             item_id = session.scalar(
                 select(Item.id).where(Item.path == up.path, Item.deleted_generation.is_(None))

@@ -173,6 +173,50 @@ def check_uploads(
     return ready, failed
 
 
+def embedded_again(session: Session, paths: list[str]) -> list[Upload]:
+    """The uploads among `paths` (just embedded) whose jobs were indexed before: a rollback undid
+    them and the next run found their files again. Their product comes back with them: the product
+    fields of every indexed job of the path, oldest first, checked against the types now (a value
+    that no longer fits is left out)."""
+    from indexer.bulk import chunk_size, chunks
+    from indexer.db import Job
+
+    merged: dict[str, tuple[int, str, dict]] = {}
+    for chunk in chunks(paths, chunk_size(session)):
+        query = (
+            sa.select(Job)
+            .where(Job.path.in_(chunk), Job.kind == "add", Job.state == "indexed")
+            .order_by(Job.id)
+        )
+        for job in session.scalars(query):
+            key = (job.payload or {}).get("product_id")
+            if not key:
+                continue
+            _, _, changes = merged.get(job.path, (job.id, key, {}))
+            given = {k: job.payload[k] for k in PRODUCT_FIELDS if k in job.payload}
+            attrs = {**(changes.get("attributes") or {}), **(given.pop("attributes", None) or {})}
+            changes = {**changes, **given, **({"attributes": attrs} if attrs else {})}
+            merged[job.path] = (job.id, key, changes)
+    types = dict(session.execute(sa.select(AttributeType.name, AttributeType.type)).all())
+    out = []
+    for path, (job_id, key, changes) in merged.items():
+        attrs = dict(changes.get("attributes") or {})
+        for name, value in list(attrs.items()):
+            try:
+                check_changes({"attributes": {name: value}}, types)
+            except UploadError:
+                del attrs[name]
+        changes = (
+            {**changes, "attributes": attrs}
+            if attrs
+            else {k: v for k, v in changes.items() if k != "attributes"}
+        )
+        new = check_changes(changes, types)
+        types.update(new)
+        out.append(Upload(job_id, path, key, changes, new))
+    return out
+
+
 def apply_upload(session: Session, up: Upload, item_id: int, generation_id: int) -> int:
     """Create or update the upload's product and link its item (in the publish transaction);
     every change is recorded for rollback. Returns the products.id."""

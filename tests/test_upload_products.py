@@ -218,6 +218,12 @@ def test_catalog_syncs_keep_api_products_until_the_file_lists_them_and_rollback_
     assert product_row(index, "API-9")[3:] == (0, 0)
     assert product_row(index, "SKU-1")[2:] == ("catalog", 1, 2)
 
+    run_index(
+        inventory, catalog.model, index, opts
+    )  # the uploads' files are found again: so are their products
+    assert product_row(index, "API-9") == ("Mat", 6.0, "api", 1, 2)
+    assert product_row(index, "SKU-1")[2:] == ("catalog", 1, 3)
+
 
 def test_the_file_owns_a_product_id_it_lists(catalog, tmp_path):
     inventory = tmp_path / "inventory"
