@@ -16,6 +16,9 @@ and fsynced before the job row commits), `delete` (`item_id`) and `patch` (a pro
 payload {"product_id": SKU, "changes": {...}}, nothing re-embedded): a patch is settled inside the
 publish transaction that applies it (`settle_in`), or failed before it when it no longer applies.
 
+An add job with a `product_id` is settled inside the publish that adds its item and applies its
+product fields (`indexer.uploads`); `resolve_jobs` then leaves it as it is.
+
 Uploads go to `_uploads/<sha256[:2]>/<label>/<name><ext>` under the inventory: content-addressed
 (`name` = the image's sha256, plus a digest of the product id when one is given), never the
 client's file name; the label folder makes the item's label as for any inventory folder.
