@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.catalog_file import JSON_NUMBER
+from indexer.catalog_file import JSON_NUMBER, MAX_NAME
 from indexer.db import (
     VALUE_COLUMNS,
     AttributeType,
@@ -37,6 +37,7 @@ from indexer.jobs import JobRecord
 from indexer.products import _previous, patch_product, product_records
 
 PRODUCT_FIELDS = ("title", "url", "price", "attributes")
+RESERVED_NAMES = frozenset({"product_id", "image", "title", "url", "price", "label", "attributes"})
 API_DIGEST = "api"  # products.metadata_sha256 of a product made by an upload: never a file row's digest
 
 Value = str | float | bool | None
@@ -125,6 +126,9 @@ def product_fields(
         if name not in ("product_id", "title", "url", "price") and text != ""
     }
     attrs.update((name, _json_value(name, v)) for name, v in json_attributes.items())
+    for name in attrs:
+        if name not in types:
+            _check_name(name)
     if attrs:
         out["attributes"] = attrs
     if not form.get("product_id"):
@@ -135,6 +139,16 @@ def product_fields(
         return out
     check_changes(out, types)
     return {"product_id": form["product_id"], **out}
+
+
+def _check_name(name: str) -> None:
+    """A new attribute's name: as the catalog file's column names (filterable, not a field's)."""
+    if name.lower() in RESERVED_NAMES:
+        raise UploadError(f"{name!r} is a field of its own, not an attribute name")
+    if not name.strip() or len(name) > MAX_NAME or "`" in name or any(ch < " " for ch in name):
+        raise UploadError(
+            f"attribute name {name!r}: use 1 to {MAX_NAME} printable characters, without backticks"
+        )
 
 
 def check_changes(changes: Mapping, types: Mapping[str, str]) -> dict[str, str]:

@@ -135,6 +135,8 @@ def test_bad_product_fields_are_400_and_nothing_is_queued(shop):
         {"product_id": "API-2", "on_sale": "maybe"},  # a boolean attribute of the catalog
         {"product_id": "API-2", "attributes": '{"color": 3}'},  # a string attribute
         {"product_id": "API-2", "attributes": '{"tags": ["a"]}'},
+        {"product_id": "API-2", "attributes": '{"price": 3}'},  # a field, not an attribute
+        {"product_id": "API-2", "attributes": '{"a`b": "x"}'},  # not a name a filter can say
         {"title": "No product"},  # product fields need a product_id
         {"color": "red"},
     ):
