@@ -167,19 +167,29 @@ def sync_products(session: Session, catalog: Catalog, generation_id: int) -> Pro
         if key not in catalog.products and deleted is None and origins.get(pid) != "api"
     ]
 
+    # an attribute name the file now types otherwise (an upload's, or the file's own before): the
+    # values of the old type that no synced row replaces are dropped, as an update of their product
+    retyped = {n: t for n, (t, _) in want_types.items() if n in old_types and old_types[n][0] != t}
+    skip = {pid for pid, _ in changed} | set(sync.deleted)
+    stale = {n: [p for p in _other_typed(session, n, t) if p not in skip] for n, t in retyped.items()}
+    sync.updated.extend(dict.fromkeys(p for pids in stale.values() for p in pids if p not in sync.updated))
+
     previous = product_records(session, sync.updated + sync.deleted)  # before any change
     stored_by_id = {pid: (digest, deleted) for pid, digest, deleted in stored.values()}
-    if sync.updated:
-        session.execute(
-            sa.update(products).where(products.c.id == sa.bindparam("pid")),
-            [
-                {"pid": pid, **_fields(p), "deleted_generation": None, "origin": "catalog"}
-                for pid, p in changed
-                if pid not in added
-            ],
-        )
+    updates = [
+        {"pid": pid, **_fields(p), "deleted_generation": None, "origin": "catalog"}
+        for pid, p in changed
+        if pid not in added
+    ]
+    if updates:
+        session.execute(sa.update(products).where(products.c.id == sa.bindparam("pid")), updates)
     for chunk in _chunks(pid for pid, _ in changed):
         session.execute(sa.delete(attributes).where(attributes.c.product_id.in_(chunk)))
+    for name, pids in stale.items():
+        for chunk in _chunks(pids):
+            session.execute(
+                sa.delete(attributes).where(attributes.c.name == name, attributes.c.product_id.in_(chunk))
+            )
     rows = [
         {
             "product_id": pid,
@@ -249,6 +259,13 @@ def link_items(
             [{"iid": u["iid"], "pid": u["pid"]} for u in updates],
         )
     return {u["iid"]: u["was"] for u in updates}
+
+
+def _other_typed(session: Session, name: str, kind: str) -> list[int]:
+    """Products holding a value of attribute `name` that is not of type `kind`."""
+    column = attributes.c[VALUE_COLUMNS[kind]]
+    query = sa.select(attributes.c.product_id).where(attributes.c.name == name, column.is_(None))
+    return list(session.scalars(query))
 
 
 def _is_upload(path: str) -> bool:

@@ -263,3 +263,48 @@ def test_an_upload_a_scan_indexed_first_still_gets_its_product(catalog, tmp_path
     finally:
         engine.dispose()
     assert product_row(index, "P-1") == ("Early", None, "api", 1, 1)
+
+
+def attributes_of(index: Path, key: str) -> dict:
+    with sqlite3.connect(index / DATABASE_FILE) as db:
+        rows = db.execute(
+            "SELECT a.name, coalesce(a.string_value, a.number_value, a.bool_value) FROM product_attributes a"
+            " JOIN products p ON p.id = a.product_id WHERE p.product_key = ? ORDER BY a.name",
+            (key,),
+        )
+        return dict(rows.fetchall())
+
+
+def test_a_file_column_that_retypes_an_uploads_attribute_wins_and_rollback_restores(catalog, tmp_path):
+    inventory = tmp_path / "inventory"
+    shutil.copytree(catalog.inventory, inventory)
+    images = sorted(p.relative_to(inventory).as_posix() for p in inventory.rglob("*.jpg"))
+    products = tmp_path / "products.csv"
+    products.write_text(
+        "product_id,image,title\n" + "".join(f"F-{i},{im},Thing\n" for i, im in enumerate(images))
+    )
+    index, opts = tmp_path / "index", IndexOptions(catalog=products, keep_generations=10)
+    run_index(inventory, catalog.model, index, opts)
+    engine = open_database(index)
+    try:
+        upload(engine, inventory, catalog.query_bytes(0), product_id="API-S", size="L", shade="dark")
+        apply_batch(inventory, catalog.model, index, {}, options=opts, engine=engine)
+    finally:
+        engine.dispose()
+    assert attributes_of(index, "API-S") == {"shade": "dark", "size": "L"}
+
+    rows = "".join(f"F-{i},{im},Thing,{40 + i}\n" for i, im in enumerate(images))
+    products.write_text("product_id,image,title,size\n" + rows)  # the file's own size: a number
+    run_index(inventory, catalog.model, index, opts)
+    assert attributes_of(index, "API-S") == {"shade": "dark"}  # the file's type wins; the rest stays
+    assert attributes_of(index, "F-0") == {"size": 40.0}
+    with sqlite3.connect(index / DATABASE_FILE) as db:
+        types = dict(db.execute("SELECT name, type || ':' || origin FROM attribute_types").fetchall())
+    assert types == {"size": "number:catalog", "shade": "string:api"}
+
+    out = CliRunner().invoke(cli, ["rollback", str(index)])
+    assert out.exit_code == 0, out.output
+    assert attributes_of(index, "API-S") == {"shade": "dark", "size": "L"}
+    with sqlite3.connect(index / DATABASE_FILE) as db:
+        types = dict(db.execute("SELECT name, type || ':' || origin FROM attribute_types").fetchall())
+    assert types == {"size": "string:api", "shade": "string:api"}
