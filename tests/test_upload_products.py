@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.orm import Session
 
 from imgrec.cli import cli
 from indexer import IndexOptions, run_index
 from indexer import jobs as queue
 from indexer.db import DATABASE_FILE, open_database
+from indexer.filter_sql import attribute_types_of
 from indexer.live import apply_batch
 from indexer.uploads import product_fields
 from tests.conftest import Api, Catalog
@@ -150,14 +152,16 @@ def test_bad_product_fields_are_400_and_nothing_is_queued(shop):
 # --- in-process: the catalog file's next sync, rollback, an upload a scan indexed first -----------
 
 
-def upload(engine, inventory: Path, data: bytes, **form: str) -> queue.JobRecord:  # noqa: ANN001
+def upload(
+    engine,  # noqa: ANN001
+    inventory: Path,
+    data: bytes,
+    attributes_json: dict | None = None,
+    **form: str,
+) -> queue.JobRecord:
     """What `POST /v1/items` does: the file saved under `_uploads/`, an add job queued."""
-    from sqlalchemy.orm import Session
-
-    from indexer.filter_sql import attribute_types_of
-
     with Session(engine) as session:
-        payload = product_fields(form, {}, attribute_types_of(session))
+        payload = product_fields(form, attributes_json or {}, attribute_types_of(session))
     payload["label"] = queue.DEFAULT_LABEL
     sha = hashlib.sha256(data).hexdigest()
     path = queue.upload_path(sha, ".jpg", payload["label"], payload.get("product_id"))
@@ -308,3 +312,32 @@ def test_a_file_column_that_retypes_an_uploads_attribute_wins_and_rollback_resto
     with sqlite3.connect(index / DATABASE_FILE) as db:
         types = dict(db.execute("SELECT name, type || ':' || origin FROM attribute_types").fetchall())
     assert types == {"size": "string:api", "shade": "string:api"}
+
+
+def test_an_upload_whose_fields_no_longer_fit_fails_alone_and_nothing_of_it_is_indexed(catalog, tmp_path):
+    """Both accepted at POST (`size` was new to both); the batch applies the first, so the second's
+    number no longer fits: its job fails with the reason, its file and item never appear."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(catalog.inventory, inventory)
+    index = tmp_path / "index"
+    run_index(inventory, catalog.model, index)
+    engine = open_database(index)
+    try:
+        first = upload(engine, inventory, catalog.query_bytes(0), product_id="A", size="L")
+        with Session(engine) as session:
+            payload = product_fields({"product_id": "B"}, {"size": 3}, attribute_types_of(session))
+        assert payload["attributes"] == {"size": 3.0}
+        second = upload(
+            engine, inventory, catalog.query_bytes(1), product_id="B", attributes_json={"size": 3}
+        )
+        result = apply_batch(inventory, catalog.model, index, {}, engine=engine)
+        assert result.states == {first.id: "indexed", second.id: "failed"}
+        reason = queue.get_job(engine, second.id).reason
+        assert "size" in reason and "string" in reason
+    finally:
+        engine.dispose()
+    assert product_row(index, "A") == (None, None, "api", 1, 1)
+    assert product_row(index, "B") is None
+    assert not (inventory / second.path).exists()
+    with sqlite3.connect(index / DATABASE_FILE) as db:
+        assert db.execute("SELECT count(*) FROM items WHERE path = ?", (second.path,)).fetchone() == (0,)
