@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from indexer import jobs as queue
-from indexer.db import DATABASE_FILE, Item
+from indexer.db import DATABASE_FILE, Item, Job
 from indexer.folders import ROW_COLUMNS, rows_in, stored_folders
 from indexer.plan import Plan, merge_into, plan_folders
 from indexer.plan_workers import join_plans
@@ -218,7 +218,8 @@ def prepare_uploads(
     """The uploads whose product fields apply (`indexer.uploads.Upload`), checked against the
     attribute types this run's publish will have (`catalog_types`: the run's catalog file's, None
     without one). An upload that no longer fits is not indexed at all: its file is removed (it is
-    the API's), its item too if a scan indexed it already, and its job fails with the reason."""
+    the API's), its item too if a scan indexed it already (unless an earlier job of the same file
+    made it), and its job fails with the reason."""
     from indexer.bulk import chunk_size, chunks
     from indexer.uploads import check_uploads, effective_types
 
@@ -236,6 +237,10 @@ def prepare_uploads(
     if failed:
         why = dict(failed)
         doomed = {j.path for j in jobs if j.id in why} - {u.path for u in ready}
+        with Session(engine) as session:  # an earlier upload of the same file made its item: it stays
+            for chunk in chunks(sorted(doomed), chunk_size(session)):
+                query = select(Job.path).where(Job.path.in_(chunk), Job.state == "indexed")
+                doomed -= set(session.scalars(query))
         for path in doomed:  # first: a kill after this leaves the job queued, its file gone (failed)
             Path(inventory_root, path).unlink(missing_ok=True)
         plan.embed = [f for f in plan.embed if f.rel_path not in doomed]

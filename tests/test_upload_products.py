@@ -334,9 +334,19 @@ def test_an_upload_whose_fields_no_longer_fit_fails_alone_and_nothing_of_it_is_i
         assert result.states == {first.id: "indexed", second.id: "failed"}
         reason = queue.get_job(engine, second.id).reason
         assert "size" in reason and "string" in reason
+
+        other = upload(engine, inventory, catalog.query_bytes(2), product_id="C", grade="x")
+        again = upload(
+            engine, inventory, catalog.query_bytes(0), product_id="A", attributes_json={"grade": 5}
+        )
+        assert again.path == first.path  # the same file, other fields
+        result = apply_batch(inventory, catalog.model, index, {}, engine=engine)
+        assert result.states == {other.id: "indexed", again.id: "failed"}
+        assert (inventory / first.path).exists()  # the first upload's file and item stay
     finally:
         engine.dispose()
     assert product_row(index, "A") == (None, None, "api", 1, 1)
+    assert attributes_of(index, "A") == {"size": "L"}
     assert product_row(index, "B") is None
     assert not (inventory / second.path).exists()
     with sqlite3.connect(index / DATABASE_FILE) as db:
