@@ -120,6 +120,11 @@ def test_an_upload_creates_its_product_and_a_second_image_updates_it(shop):
     now = served(api, fixed["generation"], "/v1/products/API-1")
     assert now["title"] == "Wool rug, large" and len(now["images"]) == 2
 
+    r = api.patch("/v1/products/API-1", json={"price": 70, "attributes": {"material": "felt", "size": None}})
+    patched = indexed(api, r)  # an upload's product takes PATCHes, its new attributes included
+    now = served(api, patched["generation"], "/v1/products/API-1")
+    assert now["price"] == 70 and now["attributes"] == {"color": "green", "material": "felt"}
+
     extra = indexed(api, post_item(api, cat.query_bytes(5), product_id="SKU-0"))  # a catalog product
     sku0 = served(api, extra["generation"], "/v1/products/SKU-0")
     assert extra["item_id"] in [im["id"] for im in sku0["images"]] and sku0["title"] == "Thing 0"
