@@ -137,6 +137,9 @@ def test_upload_is_found_by_the_next_search_and_a_delete_never_again(watched):
     wait_for("the new generation served", lambda: item_id in found_ids(api, data))
     answer = top_hit(api, data)
     assert answer["results"][0]["id"] == item_id and answer["results"][0]["score"] > 0.99
+    product = answer["results"][0]["product"]  # the upload's fields made its product
+    assert product["id"] == "sku-1" and product["title"] == "Red rug" and product["price"] == 12.5
+    assert product["attributes"] == {"colour": "red"}
     item = api.get(f"/v1/items/{item_id}").json()
     assert item["path"].startswith("_uploads/") and item["label"] == "uploads"
     assert api.get(f"/v1/items/{item_id}/image").content == data
@@ -179,7 +182,7 @@ def test_idempotency_never_makes_a_second_item(watched):
     assert other.json()["job"]["id"] != first.json()["job"]["id"]
     keyed = post_item(api, cat.query_bytes(2), key="k-1")
     assert (
-        post_item(api, cat.query_bytes(2), key="k-1", title="retry").json()["job"]["id"]
+        post_item(api, cat.query_bytes(2), key="k-1", label="retry").json()["job"]["id"]
         == keyed.json()["job"]["id"]
     )
     conflict = post_item(api, cat.query_bytes(4), key="k-1")

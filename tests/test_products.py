@@ -117,7 +117,8 @@ def test_a_second_catalog_changes_only_what_changed(shop):
             sa.select(ProductChange.change, ProductChange.previous).where(ProductChange.generation_id == 2)
         ).all()
         assert ("updated", {"title": "Hat", "url": None, "price": 25.0, "attributes": {"color": "blue", "organic": False, "size": 57.5},
-                            "metadata_sha256": first.products["B"].metadata_sha256, "deleted_generation": None}) in previous  # fmt: skip
+                            "metadata_sha256": first.products["B"].metadata_sha256, "deleted_generation": None,
+                                "origin": "catalog"}) in previous  # fmt: skip
         assert sorted(c for c, _ in previous) == ["added", "deleted", "deleted", "updated"]
         assert product_id_of(session, "D") is None
     f = sync.ids["F"]
