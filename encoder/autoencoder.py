@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from encoder.compute import configured_threads
 from encoder.config import AutoencoderModelConfig, ModelDirError, config_to_dict, parse_model_config
 from encoder.embedder import Encoder, TorchThreads
 from encoder.models import build_model
-from encoder.runtime import configured_threads
 
 
 class AutoencoderEncoder(TorchThreads, Encoder):

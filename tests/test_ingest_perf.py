@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from encoder import load_encoder
-from indexer.ingest import ThreadTuner, decode_file, embed_files, torch_threads
+from indexer.ingest import ThreadTuner, decode_file, embed_files
 from indexer.scan import scan_inventory
 from tests.indexing_fixtures import make_inventory, make_model_dir
 
@@ -85,26 +84,19 @@ class RecordingEncoder:
         return self.inner.embed(x)
 
 
-def test_torch_threads_applied_and_restored(setup) -> None:
+def test_the_thread_count_given_is_used_for_every_batch(setup) -> None:
     files, encoder = setup
-    before = torch.get_num_threads()
     rec = RecordingEncoder(encoder)
     list(embed_files(files, rec, batch_size=4, threads=1))
     assert rec.threads and set(rec.threads) == {1}
-    assert torch.get_num_threads() == before
-    with torch_threads(1) as n:
-        assert n == 1 and torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
 
 
 def test_closing_early_stops_the_producer(setup) -> None:
     files, encoder = setup
-    before = torch.get_num_threads()
     gen = embed_files(files, encoder, batch_size=2, workers=2, prefetch=1)
     next(gen)
     gen.close()
     assert not [t for t in threading.enumerate() if t.name.startswith(("embed-producer", "decode"))]
-    assert torch.get_num_threads() == before
 
 
 def test_errors_reach_the_caller(setup) -> None:
