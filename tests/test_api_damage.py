@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Api, build_index
 from tests.damaging import KINDS, damage
-from tests.indexing_fixtures import copy_index
-from tests.test_api_reload import add_images
+from tests.support import Api, add_images, build_index, copy_index
 
 REFUSED = 'imgrec_index_generations_refused_total{damage="%s"} 1.0'
 
@@ -110,7 +108,7 @@ def test_gunicorn_workers_refuse_a_truncated_segment(fresh_index, catalog, tmp_p
 
     import requests
 
-    from tests.test_api import free_port
+    from tests.support import free_port
 
     served = fresh_index.index
     port, log_path = free_port(), tmp_path / "gunicorn.log"

@@ -28,9 +28,8 @@ import pytest
 import requests
 
 from indexer import IndexOptions, open_snapshot, run_index
-from tests.conftest import Api
 from tests.hostile_files import jpeg_bytes, many_scans_jpeg, padded_png
-from tests.indexing_fixtures import make_inventory, make_model_dir, write_image
+from tests.support import Api, make_inventory, write_image
 
 BODY_LIMIT = 2 * 1024 * 1024  # MAX_CONTENT_LENGTH of the servers here
 ERROR_KEYS = {"error", "message"}
@@ -56,7 +55,7 @@ class Hostile:
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
+def hostile(tmp_path_factory: pytest.TempPathFactory, model: Path) -> Hostile:
     root = tmp_path_factory.mktemp("hostile-api")
     inventory = root / "inventory"
     make_inventory(inventory, 12)
@@ -72,7 +71,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
     outside = root / "outside"
     write_image(outside / "victim.jpg", seed=999, size=40)  # what must never be served
     index = root / "index"
-    run_index(inventory, make_model_dir(root / "model"), index)
+    run_index(inventory, model, index)
     snap = open_snapshot(index, mmap=False)
     try:
         ids = {info.path: info.id for info in snap.items(snap.live_ids().tolist()).values()}
@@ -381,10 +380,9 @@ def test_file_names_are_servable_through_gunicorn(hostile, gunicorn_url):
 
 
 @pytest.fixture(scope="module")
-def ann_apis(hostile: Hostile, tmp_path_factory, make_app, serve) -> dict[str, Api]:
+def ann_apis(hostile: Hostile, tmp_path_factory, make_app, serve, model) -> dict[str, Api]:
     """The hostile inventory indexed as hnsw and as ivf, each served by waitress."""
     root = tmp_path_factory.mktemp("ann")
-    model = make_model_dir(root / "model")
     apis = {}
     for kind in ("hnsw", "ivf"):
         run_index(hostile.inventory, model, root / kind, IndexOptions(index_type=kind))

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
-from tests.conftest import Api, build_index
-
-
-def add_images(catalog, inventory) -> int:
-    """Copy the held-back queries into the inventory (new items for the next generation)."""
-    paths = catalog.query_paths()
-    for p in paths:
-        shutil.copy(p, inventory / p.parent.name / f"new-{p.name}")
-    return len(paths)
+from tests.support import Api, add_images, build_index
 
 
 def test_new_generation_is_served_while_requests_run(make_app, serve, fresh_index, catalog):

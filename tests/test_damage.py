@@ -19,8 +19,7 @@ from imgrec.cli import cli
 from imgrec.exit_codes import ExitCode
 from indexer import current_generation_id, run_index
 from tests.damaging import KINDS, damage, remove_model_copy
-from tests.indexing_fixtures import copy_index, imgrec_command, make_inventory, make_model_dir
-from tests.test_disk_full import fill, small_disk  # noqa: F401 - a fixture
+from tests.support import copy_index, fill, imgrec_command, make_inventory, make_model_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +30,9 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+def built(tmp_path_factory: pytest.TempPathFactory, model) -> Built:
     """An index with two generations: 20 items, then 5 more (a new segment only the second lists)."""
     root = tmp_path_factory.mktemp("damage")
-    model = make_model_dir(root / "model")
     make_inventory(root / "inventory", 20)
     run_index(root / "inventory", model, root / "index")
     make_inventory(root / "inventory", 5, start=100)

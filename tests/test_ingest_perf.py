@@ -14,11 +14,11 @@ import pytest
 from encoder import load_encoder
 from indexer.ingest import ThreadTuner, decode_file, embed_files
 from indexer.scan import scan_inventory
-from tests.indexing_fixtures import make_inventory, make_model_dir
+from tests.support import make_inventory
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, object]:
+def setup(tmp_path_factory: pytest.TempPathFactory, model: Path) -> tuple[list, object]:
     root = tmp_path_factory.mktemp("perf")
     inventory = root / "inventory"
     make_inventory(inventory, 45)
@@ -26,7 +26,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, object]:
     (inventory / "bad" / "broken.jpg").write_bytes(b"not a jpeg at all")
     (inventory / "bad" / "empty.png").write_bytes(b"")
     (inventory / "bad" / "notes.txt").write_text("hello")
-    encoder = load_encoder(make_model_dir(root / "model"))
+    encoder = load_encoder(model)
     return list(scan_inventory(inventory)), encoder
 
 
@@ -133,15 +133,13 @@ def test_tuner_with_one_candidate_never_explores() -> None:
     assert tuner.history == []
 
 
-def test_pipeline_vectors_match_under_run_index(setup, tmp_path: Path) -> None:
+def test_pipeline_vectors_match_under_run_index(setup, tmp_path: Path, model: Path) -> None:
     """The job's index holds exactly the serial vectors (through the pipelined default path)."""
     from indexer import open_snapshot, run_index
 
     files, encoder = setup
     inventory = Path(files[0].abs_path).parents[1]
-    model_dir = tmp_path / "model"
-    make_model_dir(model_dir)
-    run_index(inventory, model_dir, tmp_path / "index")
+    run_index(inventory, model, tmp_path / "index")
     snap = open_snapshot(tmp_path / "index")
     want_ok, want_vectors, _ = serial(files, encoder)
     items = {i.path: i.id for i in snap.items(list(range(1, 200))).values()}
@@ -151,7 +149,7 @@ def test_pipeline_vectors_match_under_run_index(setup, tmp_path: Path) -> None:
     snap.close()
 
 
-def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
+def test_live_ids_and_consistency_check(setup, tmp_path: Path, model: Path) -> None:
     """The fast live-id read equals the ORM query; a mismatch is still reported with counts."""
     from sqlalchemy import select
     from sqlalchemy.orm import Session
@@ -161,8 +159,7 @@ def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
     from indexer.store import check_snapshot, live_item_ids
 
     files, _ = setup
-    make_model_dir(tmp_path / "model")
-    run_index(Path(files[0].abs_path).parents[1], tmp_path / "model", tmp_path / "index")
+    run_index(Path(files[0].abs_path).parents[1], model, tmp_path / "index")
     snap = open_snapshot(tmp_path / "index")
     with Session(snap.engine) as session:
         want = sorted(session.scalars(select(Item.id).where(Item.deleted_generation.is_(None))))

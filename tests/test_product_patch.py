@@ -19,8 +19,7 @@ from indexer import IndexOptions, run_index
 from indexer import jobs as queue
 from indexer.db import DATABASE_FILE, open_database
 from indexer.live import apply_batch
-from tests.conftest import Api, Catalog
-from tests.test_live import job_when_done, start_watcher, stop_watcher, wait_for, writer
+from tests.support import Api, Catalog, job_when_done, start_watcher, stop_watcher, wait_for, writer
 
 FIELDS = ["product_id", "image", "title", "price", "color", "on_sale"]
 
