@@ -10,6 +10,11 @@
 - A seeded embedder (`seed_embedder`, `write_seed_file`, `seed_vector`): storage tests choose every vector.
 - SQLite's parameter limit lowered (`limit_sql_variables`).
 - Product catalogs: `products_database`, `ProductRow`, `ItemRow`, `clear`, `insert_catalog`.
+- Live writes: `start_watcher`, `stop_watcher`, `writer`, `wait_for`, `job_when_done`, `jobs_in`, `add_images`.
+- API keys (`Keys`), the web page (`CHROMIUM`, `DESKTOP`, `PHONE`, `wait_for_thumbnails`, `url_params`),
+  a full disk (`fill`).
+- Damage to an index at rest: `damage(index_dir, kind)` for each of `KINDS`.
+- Hostile files: `many_scans_jpeg`, `padded_png`, `jpeg_bytes`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import errno
+import io
 import json
 import multiprocessing
 import os
@@ -24,6 +30,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -36,6 +43,7 @@ import numpy as np
 import requests
 import sqlalchemy as sa
 import torch
+from PIL import Image
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -570,3 +578,112 @@ def fill(disk: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# --- damaging a real index at rest, the ways disks and people do (issue 10, items 6 and 7) ---
+#
+# damage(index_dir, "segment-bytes")      # random bytes over the vectors of the newest segment
+# damage(index_dir, "segment-truncated")  # the newest segment cut to half its size
+# damage(index_dir, "catalog")            # random bytes over catalog.sqlite's first page
+# damage(index_dir, "model-missing")      # the index's model copy deleted
+
+KINDS = ("segment-bytes", "segment-truncated", "catalog", "model-missing")
+
+
+def newest_segment(index_dir: Path) -> tuple[Path, np.ndarray]:
+    """The current generation's newest segment file, and its stored vectors (storage order)."""
+    snap = open_snapshot(index_dir, mmap=False)
+    try:
+        part = max(snap.parts, key=lambda p: p.segment.info.id)
+        return index_dir / part.segment.info.file, part.segment.all_vectors()
+    finally:
+        snap.close()
+
+
+def overwrite_vectors(index_dir: Path, seed: int = 0) -> Path:
+    """Random bytes over the stored vectors of the newest segment: same size, ids intact."""
+    path, xb = newest_segment(index_dir)
+    data = bytearray(path.read_bytes())
+    at = data.find(xb.tobytes())
+    assert at > 0, "the vectors were not found in the file"
+    noise = np.random.default_rng(seed).integers(0, 256, xb.nbytes, dtype=np.uint8).tobytes()
+    data[at : at + xb.nbytes] = noise
+    path.write_bytes(bytes(data))
+    return path
+
+
+def truncate_segment(index_dir: Path) -> Path:
+    path, _ = newest_segment(index_dir)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    return path
+
+
+def overwrite_catalog(index_dir: Path, seed: int = 0) -> Path:
+    """Random bytes over the first 4 KiB of catalog.sqlite (its header and schema page)."""
+    path = index_dir / "catalog.sqlite"
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    with open(path, "r+b") as f:
+        f.write(np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return path
+
+
+def remove_model_copy(index_dir: Path) -> Path:
+    (copy,) = (index_dir / "models").iterdir()
+    shutil.rmtree(copy)
+    return copy
+
+
+def damage(index_dir: Path, kind: str) -> Path:
+    """Damage `index_dir` (no process may have it open) in the way `kind` names; the file damaged."""
+    return {
+        "segment-bytes": overwrite_vectors,
+        "segment-truncated": truncate_segment,
+        "catalog": overwrite_catalog,
+        "model-missing": remove_model_copy,
+    }[kind](index_dir)
+
+
+# --- hostile files built in the tests (nothing binary is committed): costly JPEGs, padded PNGs ---
+
+EOB_RUN_14 = 0xE0  # AC symbol: end-of-band run of 2^14 + (14 extra bits) blocks
+
+
+def many_scans_jpeg(scans: int, side: int = 64) -> bytes:
+    """A valid grey progressive JPEG followed by `scans` extra (empty) AC scans.
+
+    Each extra scan is 16 bytes: its header and one end-of-band run over every block. A decoder still
+    walks every block once per scan, so the work grows with scans x blocks while the file stays small:
+    100,000 scans over 2048 x 2048 pixels are 1.6 MB and minutes of one core.
+    """
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    assert data.endswith(b"\xff\xd9")
+    # AC table 1 with one 1-bit code, for the end-of-band run symbol
+    dht = b"\xff\xc4" + struct.pack(">H", 20) + b"\x11" + bytes([1] + [0] * 15) + bytes([EOB_RUN_14])
+    bits, left = "", ((side + 7) // 8) ** 2
+    while left > 0:
+        run = max(16384, min(left, 32767))
+        bits += "0" + format(run - 16384, "014b")
+        left -= run
+    bits += "1" * (-len(bits) % 8)
+    ecs = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
+    # SOS: 1 component (id 1), DC table 0 / AC table 1, coefficients 1..63, no successive approximation
+    scan = b"\xff\xda" + struct.pack(">HBBBBBB", 8, 1, 1, 0x01, 1, 63, 0) + ecs
+    return data[:-2] + dht + scan * scans + b"\xff\xd9"
+
+
+def padded_png(total: int, color: tuple[int, int, int] = (40, 160, 90)) -> bytes:
+    """A small valid PNG followed by zero bytes up to `total` bytes (decoders ignore the padding)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), color).save(buf, "PNG")
+    png = buf.getvalue()
+    assert total >= len(png)
+    return png + b"\0" * (total - len(png))
+
+
+def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (40, 30), **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", **save)
+    return buf.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
@@ -130,14 +131,14 @@ def corrupt_current_faiss(index_dir) -> None:
     os.replace(str(path) + ".bad", path)
 
 
-def test_an_inconsistent_index_is_not_served(make_app, serve, fresh_index, catalog):
+def test_an_inconsistent_index_is_not_served(make_app, fresh_index, catalog):
     corrupt_current_faiss(fresh_index.index)
-    app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0)
-    with Api(serve(app)) as api:
-        r = api.get("/readyz")
-        assert r.status_code == 503 and "refused: generation 1: segment segments/" in r.json()["message"]
-        assert api.post("/v1/search", files={"image": catalog.query_bytes()}).status_code == 503
-        assert api.get("/healthz").status_code == 200
+    client = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0).test_client()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "refused: generation 1: segment segments/" in r.json["message"]
+    image = (io.BytesIO(catalog.query_bytes()), "image")
+    assert client.post("/v1/search", data={"image": image}).status_code == 503
+    assert client.get("/healthz").status_code == 200
 
 
 def test_an_inconsistent_new_generation_keeps_the_old_one_serving(make_app, serve, fresh_index, catalog):

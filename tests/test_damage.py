@@ -18,8 +18,16 @@ from click.testing import CliRunner, Result
 from imgrec.cli import cli
 from imgrec.exit_codes import ExitCode
 from indexer import current_generation_id, run_index
-from tests.damaging import KINDS, damage, remove_model_copy
-from tests.support import copy_index, fill, imgrec_command, make_inventory, make_model_dir
+from tests.support import (
+    KINDS,
+    copy_index,
+    damage,
+    fill,
+    imgrec_command,
+    make_inventory,
+    make_model_dir,
+    remove_model_copy,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,13 +28,13 @@ from imgrec.cli import cli
 from indexer import IndexOptions, open_snapshot, run_index
 from indexer.db import LedgerEntry, open_database
 from indexer.ingest import IngestLimits, embed_files
-from tests.hostile_files import many_scans_jpeg
 from tests.support import (
     assert_same_index,
     full_rebuild,
     imgrec_command,
     index_contents,
     make_inventory,
+    many_scans_jpeg,
     write_image,
 )
 
