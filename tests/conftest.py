@@ -124,6 +124,7 @@ def client(app):
 @pytest.fixture(scope="session")
 def serve() -> Iterator[Callable[..., str]]:
     """serve(app) -> base URL: the app on a real WSGI server (waitress) on a free port."""
+    from waitress import wasyncore
     from waitress.server import create_server
 
     running = []
@@ -136,9 +137,18 @@ def serve() -> Iterator[Callable[..., str]]:
         return f"http://127.0.0.1:{server.effective_port}"
 
     yield start
-    for server, thread in running:
-        server.close()
+    # Stop each loop before its sockets close: closing them under its select() raised EBADF in the
+    # server thread (an unhandled thread exception, an error at teardown). An empty map ends the loop;
+    # the trigger wakes it at once.
+    opened = []
+    for server, _ in running:
+        opened.append(dict(server._map))
+        server._map.clear()
+        server.pull_trigger()
+    for (server, thread), channels in zip(running, opened, strict=True):
         thread.join(timeout=5)
+        wasyncore.close_all(channels)  # the listening socket, the trigger, open connections
+        server.task_dispatcher.shutdown()
 
 
 @pytest.fixture(scope="session")
