@@ -28,9 +28,9 @@ def settings():
 """
 
 
-def run_child(code: str) -> dict:
+def run_child(code: str, prelude: str = SETTINGS) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", SETTINGS + code], capture_output=True, text=True, env=CLEAN_ENV, timeout=240
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, env=CLEAN_ENV, timeout=240
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -70,7 +70,8 @@ seen["help"] = os.environ.get("OMP_WAIT_POLICY")
 result = runner.invoke(cli, ["status", {str(tmp_path / "no-index")!r}])
 seen["command"] = os.environ.get("OMP_WAIT_POLICY")
 print(json.dumps(seen))
-"""
+""",
+        prelude="import os\n",
     )
     assert got == {"imported": None, "help": None, "command": "PASSIVE"}
 
