@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from encoder.compute import configured_threads
 from encoder.config import AutoencoderModelConfig, ModelDirError, config_to_dict, parse_model_config
 from encoder.embedder import Encoder
-from encoder.runtime import configured_threads
 
 
 class AutoencoderEncoder(Encoder):

@@ -17,26 +17,16 @@ import threading
 
 import numpy as np
 
-_default_threads: int | None = None  # set at entry points (encoder.set_compute_threads)
-
-
-def set_default_threads(n: int) -> None:
-    global _default_threads
-    _default_threads = max(1, int(n))
-
-
-def configured_threads() -> int | None:
-    """The thread count set at the entry point, if any."""
-    return _default_threads
-
 
 def default_threads() -> int:
-    """Intra-op threads of graphs whose thread count was never set: as set at the entry point, else
-    every core this process may use."""
+    """Intra-op threads of graphs whose thread count was never set: as set at the entry point
+    (`encoder.compute.set_threads`), else every core this process may use."""
     import os
 
-    if _default_threads is not None:
-        return _default_threads
+    from encoder.compute import configured_threads
+
+    if (n := configured_threads()) is not None:
+        return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

@@ -86,7 +86,7 @@ def test_an_index_built_with_a_graph_model_answers_from_its_copy(tmp_path):
     from PIL import Image
 
     from indexer import open_snapshot, run_index
-    from tests.indexing_fixtures import make_inventory, make_model_dir
+    from tests.support import make_inventory, make_model_dir
 
     model = make_model_dir(tmp_path / "model", graph=True)
     photos = make_inventory(tmp_path / "photos", 12)

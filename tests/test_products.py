@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from PIL import Image
-from products_support import ItemRow, insert_catalog, products_database
 from sqlalchemy.orm import Session
 
 from indexer.catalog_file import read_catalog
@@ -24,6 +23,7 @@ from indexer.products import (
     product_records,
     sync_products,
 )
+from tests.support import ItemRow, insert_catalog, products_database
 
 ITEMS = Item.__table__
 

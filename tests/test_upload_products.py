@@ -23,9 +23,17 @@ from indexer.db import DATABASE_FILE, open_database
 from indexer.filter_sql import attribute_types_of
 from indexer.live import apply_batch
 from indexer.uploads import product_fields
-from tests.conftest import Api, Catalog
-from tests.test_live import job_when_done, post_item, start_watcher, stop_watcher, wait_for, writer
-from tests.test_product_patch import write_shop
+from tests.support import (
+    Api,
+    Catalog,
+    job_when_done,
+    post_item,
+    start_watcher,
+    stop_watcher,
+    wait_for,
+    write_shop,
+    writer,
+)
 
 
 @pytest.fixture(scope="module")
