@@ -11,6 +11,8 @@ what to do. Nothing here imports torch.
 Versions: 1 = every dir written before the version field existed (no "version" key; autoencoders
 and pretrained presets run by torch). 2 = adds "version", and for pretrained models the runtime
 (onnxruntime graph file and its sha256) and the trunk fingerprint that keys the feature cache.
+3 = pretrained presets may carry query-time steps (`pretrained.query_expansion`, `qe_alpha`), so an
+imgrec that would ignore them (and answer differently) refuses the model instead.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Any, ClassVar
 
 from encoder.preprocess import Preprocess
 
-CONFIG_VERSION = 2  # what this code writes
-READABLE_VERSIONS = (1, 2)  # what it reads (1 is upgraded in memory)
+CONFIG_VERSION = 3  # what this code writes
+READABLE_VERSIONS = (1, 2, 3)  # what it reads (1 is upgraded in memory)
 
 
 class ModelDirError(ValueError):
@@ -69,6 +71,9 @@ class PretrainedConfig:
     reducer: str = "pca"  # pca | projection (a linear map trained on the inventory, no labels)
     runtime: str = "onnx"  # onnx: graph exported at train time, run by onnxruntime | torch: eager (v1)
     quantize: str | None = None  # None (float32) | "int8": static, per-channel, calibrated on the inventory
+    # query time (indexer.query_expansion, applied by indexer.querying): nothing changes at index time
+    query_expansion: int = 0  # alpha-QE over this many nearest stored vectors (0: off)
+    qe_alpha: float = 3.0  # alpha-QE's exponent on the neighbours' cosine similarities
 
     @classmethod
     def from_dict(cls, d: dict) -> PretrainedConfig:
@@ -253,6 +258,11 @@ def parse_model_config(d: dict, source: str = "model config") -> ModelConfig:
             if p.runtime == "onnx" and not (cfg.graph and cfg.graph_sha256):
                 raise ModelDirError(
                     f"{source}: runtime onnx but no graph file recorded: retrain with `imgrec train`"
+                )
+            if not (isinstance(p.query_expansion, int) and p.query_expansion >= 0 and float(p.qe_alpha) >= 0):
+                raise ModelDirError(
+                    f"{source}: query_expansion must be a whole number >= 0 and qe_alpha >= 0, got "
+                    f"{p.query_expansion!r}, {p.qe_alpha!r}: retrain with `imgrec train`"
                 )
             if p.runtime not in ("onnx", "torch"):
                 raise ModelDirError(f"{source}: unknown runtime {p.runtime!r}: retrain with `imgrec train`")
