@@ -32,7 +32,7 @@ class QueryExpansion:
     def of(cls, model_config: dict | None) -> QueryExpansion:
         """The expansion a model's config (as written, e.g. a generation's copy) asks for; off for
         models without the setting. Reading the dict needs no model loaded."""
-        p = (model_config or {}).get("pretrained")
+        p = model_config.get("pretrained") if isinstance(model_config, dict) else None
         p = p if isinstance(p, dict) else {}
         n = int(p.get("query_expansion") or 0)
         return cls(n, float(p.get("qe_alpha", 3.0))) if n > 0 else cls()
