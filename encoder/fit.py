@@ -81,7 +81,13 @@ def fit_pretrained(
     smallest_fit = len(X) - max(n_val, -(-len(X) // NOVELTY_FOLDS))  # images in the smallest fitting set
     if smallest_fit < 2:
         raise ValueError(f"need at least {NOVELTY_FOLDS} readable images to fit a reducer, got {len(X)}")
-    lda = cfg.reducer == "pseudo-lda" and bool(cfg.code_dim)
+    n_classes = min(cfg.pseudo_classes, len(X) // PSEUDO_CLASS_MIN_SIZE)
+    lda = cfg.reducer == "pseudo-lda" and bool(cfg.code_dim) and n_classes - 1 >= cfg.code_dim
+    if cfg.reducer == "pseudo-lda" and not lda:
+        logger.warning(
+            "%d images: too few for %s pseudo-classes of %d+ images above a %s-d code; fitting PCA instead",
+            len(X), cfg.pseudo_classes, PSEUDO_CLASS_MIN_SIZE, cfg.code_dim,
+        )  # fmt: skip
     wanted = (cfg.lda_input_dim if lda else cfg.code_dim) or 128  # the pooled model keeps one for novelty
     n_components = min(wanted, smallest_fit - 1, X.shape[1])
     if n_components < wanted:
@@ -94,10 +100,7 @@ def fit_pretrained(
     state = fit_pca(X, n_components, cfg.pca_whiten)
     code_dim = n_components
     if lda:  # pseudo-classes from the inventory's own PCA codes (no labels)
-        n_classes = max(2, min(cfg.pseudo_classes, len(X) // PSEUDO_CLASS_MIN_SIZE))
-        code_dim = min(cfg.code_dim, n_classes - 1, n_components)
-        if code_dim < cfg.code_dim:
-            logger.warning("only %d images: pseudo-lda code is %d-d instead of %d", len(X), code_dim, cfg.code_dim)
+        code_dim = min(cfg.code_dim, n_components)
         state.update(fit_pseudo_lda(Reducer(state, cfg.pca_whiten).pca(X), n_classes, code_dim, seed=seed))
     stage("fitting the reducer", 1, 1)
     total_var = float(X.var(0, ddof=1).sum())
@@ -115,6 +118,7 @@ def fit_pretrained(
         training={
             "images": len(X),
             "n_val": n_val,
+            "reducer": f"pseudo-lda ({n_classes} pseudo-classes)" if lda else "pca",  # what was fitted
             "train_error": round(float(Reducer(state, cfg.pca_whiten).error(X).mean()), 6),
             "cross_fitted_error": round(float(errors.mean()), 6),  # what the novelty reference holds
             "val_error": None if val_error is None else round(val_error, 6),

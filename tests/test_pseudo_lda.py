@@ -82,24 +82,39 @@ def test_the_lda_preset_is_typed_and_a_bad_reducer_is_refused():
     assert all(p.reducer == "pca" for name, p in PRESETS.items() if name != "effnet-lite01-lda-qe")
 
 
-def test_a_pseudo_lda_model_fits_loads_and_embeds(tmp_path: Path):
-    inventory, _ = make_catalog(tmp_path / "catalog", per_class=16, queries_per_class=1, seed=2, size=64)
-    paths = find_images(inventory)  # 96 images -> 96 // 16 = 6 pseudo-classes -> at most 5-d
-    cfg = preset("effnet-lite01-lda-qe", backbone="efficientnet-lite0", image_size=TINY, runtime="torch",
-                 code_dim=8, lda_input_dim=12)  # fmt: skip
-    _, config = fit_pretrained(paths, tmp_path / "m", cfg, "lda-test", feature_cache=False)
-    n_classes = len(paths) // PSEUDO_CLASS_MIN_SIZE
-    assert config.code_dim == n_classes - 1 == 5
+@pytest.fixture(scope="module")
+def small_inventory(tmp_path_factory) -> list[Path]:
+    inventory, _ = make_catalog(tmp_path_factory.mktemp("lda") / "catalog", 16, 1, seed=2, size=64)
+    return find_images(inventory)  # 96 images -> 96 // 16 = 6 pseudo-classes -> codes of at most 5-d
+
+
+def _small(code_dim: int):
+    return preset("effnet-lite01-lda-qe", backbone="efficientnet-lite0", image_size=TINY, runtime="torch",
+                  code_dim=code_dim, lda_input_dim=12)  # fmt: skip
+
+
+def test_a_pseudo_lda_model_fits_loads_and_embeds(small_inventory: list[Path], tmp_path: Path):
+    paths = small_inventory
+    assert len(paths) // PSEUDO_CLASS_MIN_SIZE - 1 == 5
+    _, config = fit_pretrained(paths, tmp_path / "m", _small(4), "lda-test", feature_cache=False)
+    assert config.code_dim == 4 and config.training["reducer"] == "pseudo-lda (6 pseudo-classes)"
     enc = load_encoder(tmp_path / "m")
-    assert isinstance(enc, PretrainedEncoder) and enc.dim == 5
-    assert enc.reducer.components.shape[0] == 12 and enc.reducer.projection.shape == (12, 5)
+    assert isinstance(enc, PretrainedEncoder) and enc.dim == 4
+    assert enc.reducer.components.shape[0] == 12 and enc.reducer.projection.shape == (12, 4)
     x = np.stack([enc.preprocess.to_array(load_image(p)) for p in paths[:4]])
     f = enc.features(x)
     codes = enc.embed(x)
-    assert codes.shape == (4, 5) and codes.dtype == np.float32
+    assert codes.shape == (4, 4) and codes.dtype == np.float32
     np.testing.assert_allclose(codes, enc.reducer.encode(f), rtol=1e-4, atol=1e-5)
     raw = config_to_dict(config)
     assert parse_model_config(raw).pretrained.reducer == "pseudo-lda"
     raw["pretrained"]["reducer"] = "magic"
     with pytest.raises(ModelDirError, match="unknown reducer"):
         parse_model_config(raw)
+
+
+def test_too_few_images_for_the_pseudo_classes_fit_the_pca_instead(small_inventory: list[Path], tmp_path: Path):
+    _, config = fit_pretrained(small_inventory, tmp_path / "m", _small(8), "lda-small", feature_cache=False)
+    assert config.code_dim == 8 and config.training["reducer"] == "pca"  # 6 pseudo-classes: at most 5-d
+    enc = load_encoder(tmp_path / "m")
+    assert enc.dim == 8 and enc.reducer.projection is None and enc.reducer.components.shape[0] == 8
