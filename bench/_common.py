@@ -204,9 +204,10 @@ def synthetic_vectors(n: int, d: int = 128, seed: int = 0):  # noqa: ANN201
 
 def random_model_dir(out: Path, seed: int = 0, code_channels: int = 8) -> Path:
     """An untrained conv-ae model dir with 16 * `code_channels`-d codes (128-d by default; search
-    speed does not depend on weights)."""
+    speed does not depend on weights), with its graph exported as `imgrec train` does."""
     import torch
 
+    from encoder.export import export_autoencoder
     from encoder.model_dir import read_fingerprint, save_model_dir
     from encoder.models import EncoderConfig, build_model, code_dim
     from encoder.preprocess import Preprocess
@@ -223,6 +224,7 @@ def random_model_dir(out: Path, seed: int = 0, code_channels: int = 8) -> Path:
         "code_dim": code_dim(model, SYNTHETIC_IMAGE_SIZE),
         "training": {"note": "random weights, for benchmarks"},
     }
+    config["graph"], config["graph_sha256"] = export_autoencoder(model, out, SYNTHETIC_IMAGE_SIZE)  # as train
     save_model_dir(out, model.state_dict(), config)
     assert read_fingerprint(out)
     return out

@@ -20,7 +20,7 @@ import time
 from _common import machine, results_path, write_json
 
 from encoder.preprocess import DEFAULT_MAX_SCANS, ImageTooLargeError, jpeg_scan_count, load_image
-from tests.hostile_files import many_scans_jpeg
+from tests.support import many_scans_jpeg
 
 DRAFT = 64  # the API decodes queries at the model's input size (draft mode), as here
 

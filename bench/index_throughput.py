@@ -57,18 +57,15 @@ def forward_rate(encoder, batches: list, threads: int) -> float:  # noqa: ANN001
     Every call gets inputs it has never seen (a new tiny offset per pass, added outside the timing):
     an encoder may cache recent batches (the pretrained one does, for `novelty` after `embed`).
     """
-    from indexer.ingest import torch_threads
-
     salt = next(_SALT) * 1e-4
-    encoder.set_threads(threads)  # onnxruntime sessions (torch encoders: the same as torch_threads)
-    with torch_threads(threads):
-        encoder.embed(batches[0] - 1.0 - salt)  # warm-up (allocations, oneDNN primitives)
-        seconds = 0.0
-        for b in batches:
-            xb = b + np.float32(salt)
-            t = time.perf_counter()
-            encoder.embed(xb)
-            seconds += time.perf_counter() - t
+    encoder.set_threads(threads)  # onnxruntime sessions, or torch's intra-op threads
+    encoder.embed(batches[0] - 1.0 - salt)  # warm-up (allocations, oneDNN primitives)
+    seconds = 0.0
+    for b in batches:
+        xb = b + np.float32(salt)
+        t = time.perf_counter()
+        encoder.embed(xb)
+        seconds += time.perf_counter() - t
     return sum(len(b) for b in batches) / seconds
 
 
@@ -125,7 +122,7 @@ def bench_model(
     import numpy as np
 
     from encoder import load_encoder
-    from indexer.ingest import available_cores, torch_threads
+    from indexer.ingest import available_cores
     from indexer.scan import scan_inventory
 
     t = time.perf_counter()
@@ -154,12 +151,10 @@ def bench_model(
             inventory, model_dir, work, batch_size=batch_size, workers=workers
         )
         # N: the recipe with torch's default threads (all cores) and with one; the faster counts
-        with torch_threads(cores):
-            encoder.set_threads(cores)
-            row["Nall"], row["Nall_cpu_ms"] = naive_rate(naive_paths, encoder)
-        with torch_threads(1):
-            encoder.set_threads(1)
-            row["N1"], row["N1_cpu_ms"] = naive_rate(naive_paths, encoder)
+        encoder.set_threads(cores)
+        row["Nall"], row["Nall_cpu_ms"] = naive_rate(naive_paths, encoder)
+        encoder.set_threads(1)
+        row["N1"], row["N1_cpu_ms"] = naive_rate(naive_paths, encoder)
         row["N"] = max(row["N1"], row["Nall"])
         row["N_cpu_ms"] = row["N1_cpu_ms"] if row["N1"] >= row["Nall"] else row["Nall_cpu_ms"]
         row["bound"] = 1 / (1 / row["D"] + 1 / row["F"])

@@ -34,18 +34,10 @@ DEFAULT_MODEL: str = "effnet-lite01-lda-qe"  # pseudo-lda codes answered with al
 
 
 def set_compute_threads(n: int) -> None:
-    """Process-wide compute threads of encoders (onnxruntime sessions created from now on, and torch
-    when it is loaded); 0 keeps the defaults (every core). Call at entry points only."""
-    import sys
+    """Process-wide compute threads (`encoder.compute.set_threads`); call at entry points only."""
+    from encoder import compute
 
-    from encoder import runtime
-
-    if n <= 0:
-        return
-    runtime.set_default_threads(n)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(n)
+    compute.set_threads(n)
 
 
 __all__ = [

@@ -1,28 +1,112 @@
-"""The autoencoder kind: an `Encoder` whose code is the encoder half's output (run by torch)."""
+"""The autoencoder kind: an `Encoder` whose code is the encoder half's output.
+
+Model dirs written by `imgrec train` hold `autoencoder.onnx` (codes and novelty from one graph, run
+by onnxruntime: loading one imports no torch); dirs written before graphs existed are rebuilt from
+their weights and run by torch. Both give the same vectors (tests/test_autoencoder_graph.py).
+"""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
-import torch
 
+from encoder.compute import configured_threads
 from encoder.config import AutoencoderModelConfig, ModelDirError, config_to_dict, parse_model_config
-from encoder.embedder import Encoder, TorchThreads
-from encoder.models import build_model
-from encoder.runtime import configured_threads
+from encoder.embedder import Encoder
 
 
-class AutoencoderEncoder(TorchThreads, Encoder):
+class AutoencoderEncoder(Encoder):
     """An autoencoder trained by `imgrec train`."""
 
     kind = "autoencoder"
 
-    def __init__(self, state_dict: dict[str, np.ndarray], config: dict, fingerprint: str):
+    def __init__(
+        self, state_dict: dict[str, np.ndarray], config: dict, fingerprint: str, graph: bytes | None = None
+    ):
         typed = parse_model_config(config)
         assert isinstance(typed, AutoencoderModelConfig)
         self.model_config = typed
         self.config = config_to_dict(typed)
         self.fingerprint = fingerprint
         self.preprocess = typed.preprocess
+        self.dim = typed.code_dim
+        if typed.graph:
+            if graph is None:
+                raise ModelDirError(f"{typed.arch}: the model's graph ({typed.graph}) was not loaded")
+            self.runner: _GraphRunner | _TorchRunner = _GraphRunner(graph)
+        else:
+            self.runner = _TorchRunner(typed, state_dict)
+        if (n := configured_threads()) is not None:  # set at the entry point
+            self.set_threads(n)
+
+    @classmethod
+    def from_model_dir(
+        cls, path: Path, state_dict: dict[str, np.ndarray], config: dict, fingerprint: str
+    ) -> AutoencoderEncoder:
+        """Load with the graph file the config names (read_model_dir has checked its sha256)."""
+        typed = parse_model_config(config)
+        graph = (Path(path) / typed.graph).read_bytes() if getattr(typed, "graph", None) else None
+        return cls(state_dict, config, fingerprint, graph)
+
+    def _embed(self, x: np.ndarray) -> np.ndarray:
+        return self.runner.codes(x)  # (B, code_dim)
+
+    def _novelty(self, x: np.ndarray) -> np.ndarray:
+        return self.runner.novelty(x)  # (B,)
+
+    def set_threads(self, n: int) -> None:
+        self.runner.set_threads(n)
+
+    def get_threads(self) -> int:
+        return self.runner.threads
+
+
+class _GraphRunner:
+    """The exported graph: one run gives a batch's codes and novelty; the last batch's are kept, so
+    a query's `embed` then `novelty` costs one run."""
+
+    def __init__(self, graph: bytes):
+        from encoder.runtime import OnnxGraph
+
+        self.graph = OnnxGraph(graph)
+        self._last: tuple[bytes, list[np.ndarray]] | None = None
+
+    @property
+    def threads(self) -> int:
+        return self.graph.threads
+
+    def set_threads(self, n: int) -> None:
+        self.graph.set_threads(n)
+
+    def _outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        key = hashlib.blake2b(x.tobytes(), digest_size=16).digest() + repr(x.shape).encode()
+        last = self._last  # one reference read: safe against another thread replacing it
+        if last is not None and last[0] == key:
+            return last[1]
+        out = self.graph.outputs(x)
+        self._last = (key, out)
+        return out
+
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        return self._outputs(x)[0]
+
+    def novelty(self, x: np.ndarray) -> np.ndarray:
+        return self._outputs(x)[1]
+
+    def __getstate__(self) -> dict:
+        return {"graph": self.graph, "_last": None}
+
+
+class _TorchRunner:
+    """Model dirs without a graph: the architecture rebuilt from config.json, run by torch eager."""
+
+    def __init__(self, typed: AutoencoderModelConfig, state_dict: dict[str, np.ndarray]):
+        import torch
+
+        from encoder.models import build_model
+
         self.model = build_model(typed.model)
         try:
             self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
@@ -32,12 +116,28 @@ class AutoencoderEncoder(TorchThreads, Encoder):
                 "retrain with `imgrec train`"
             ) from e
         self.model.eval()
-        self.dim = typed.code_dim
-        if (n := configured_threads()) is not None:  # set at the entry point before torch was loaded
-            self.set_threads(n)
 
-    def _embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(x)  # (B, code_dim)
+    @property
+    def threads(self) -> int:
+        import torch
 
-    def _novelty_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return ((self.model(x) - x) ** 2).flatten(1).mean(1)  # (B,)
+        return torch.get_num_threads()
+
+    def set_threads(self, n: int) -> None:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encode(torch.from_numpy(x)).numpy()
+
+    def novelty(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(x)
+            return ((self.model(t) - t) ** 2).flatten(1).mean(1).numpy()

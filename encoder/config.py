@@ -11,9 +11,10 @@ what to do. Nothing here imports torch.
 Versions: 1 = every dir written before the version field existed (no "version" key; autoencoders
 and pretrained presets run by torch). 2 = adds "version", and for pretrained models the runtime
 (onnxruntime graph file and its sha256) and the trunk fingerprint that keys the feature cache.
-3 = pretrained presets may carry query-time steps (`pretrained.query_expansion`, `qe_alpha`) and the
-pseudo-lda reducer (`pseudo_classes`, `lda_input_dim`), so an imgrec that would ignore them (and
-answer differently) refuses the model instead.
+Autoencoders written since may name a graph too (codes and novelty in one ONNX file); without one,
+torch rebuilds them from the weights. 3 = pretrained presets may carry query-time steps
+(`pretrained.query_expansion`, `qe_alpha`) and the pseudo-lda reducer (`pseudo_classes`,
+`lda_input_dim`), so an imgrec that would ignore them (and answer differently) refuses the model.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class AutoencoderModelConfig:
     code_dim: int  # length of the vectors
     novelty_reference: NoveltyReference | None = None  # None: written before novelty existed
     training: dict[str, Any] = field(default_factory=dict)  # figures of the run that made it (a record)
+    graph: str | None = None  # ONNX file: codes and novelty, run by onnxruntime (None: torch rebuilds it)
+    graph_sha256: str | None = None  # of that file: the model's fingerprint covers it
     version: int = CONFIG_VERSION
 
     @property
@@ -126,7 +129,7 @@ class AutoencoderModelConfig:
 
     @property
     def runtime(self) -> str:
-        return "torch"
+        return "onnx" if self.graph else "torch"
 
 
 @dataclass
@@ -205,6 +208,8 @@ def config_to_dict(cfg: ModelConfig) -> dict:
     out: dict[str, Any] = {"version": cfg.version, "kind": cfg.kind}
     for f in fields(cfg):
         value = getattr(cfg, f.name)
+        if f.name in ("graph", "graph_sha256") and value is None and cfg.kind == AutoencoderModelConfig.kind:
+            continue  # an autoencoder without a graph (torch runtime) is written as before graphs existed
         if f.name == "extra":
             out.update(value)
         elif value is None or isinstance(value, str | int | float | bool | dict):
@@ -232,12 +237,16 @@ def parse_model_config(d: dict, source: str = "model config") -> ModelConfig:
     kind = d.get("kind", "autoencoder")
     try:
         if kind == AutoencoderModelConfig.kind:
+            if (d.get("graph") is None) != (d.get("graph_sha256") is None):
+                raise ModelDirError(f"{source}: a graph file needs its sha256: retrain with `imgrec train`")
             return AutoencoderModelConfig(
                 model=EncoderConfig.from_dict(d["model"]),
                 preprocess=Preprocess.from_dict(d["preprocess"]),
                 code_dim=int(d["code_dim"]),
                 novelty_reference=_novelty(d),
                 training=dict(d.get("training") or {}),
+                graph=d.get("graph"),
+                graph_sha256=d.get("graph_sha256"),
             )
         if kind == PretrainedModelConfig.kind:
             p = PretrainedConfig.from_dict(d["pretrained"])

@@ -4,7 +4,8 @@ Every kind of model (autoencoders trained here, pretrained backbones with a redu
 `load_encoder(MODEL_DIR)` and offers the same things: `preprocess` (how to prepare an image),
 `embed` (prepared batch -> vectors), `novelty` (how unlike the training images each input is) and
 `model_config` (its typed config). This module imports no torch: a kind loads its own runtime
-(torch for autoencoders, onnxruntime for pretrained presets) when a model of that kind is loaded.
+(onnxruntime for graphs exported at train time, torch for model dirs written before them) when a
+model of that kind is loaded.
 """
 
 from __future__ import annotations
@@ -112,21 +113,6 @@ class Encoder:
 
     def _novelty_tensor(self, x):  # noqa: ANN001, ANN202
         raise NotImplementedError
-
-
-class TorchThreads:
-    """`set_threads`/`get_threads` for encoders run by torch (process-wide intra-op threads)."""
-
-    def set_threads(self, n: int) -> None:
-        import torch
-
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-
-    def get_threads(self) -> int:
-        import torch
-
-        return torch.get_num_threads()
 
 
 Loader = Callable[[dict, dict, str], Encoder]  # (weights, config dict, fingerprint) -> Encoder

@@ -2,6 +2,7 @@
 
     g = OnnxGraph(path.read_bytes())
     features = g(x)          # (B, 3, S, S) float32 -> the graph's first output, in batches of `batch`
+    codes, novelty = g.outputs(x)   # every output
     g.set_threads(1)         # one session per thread count, created on first use
 
 Measured on the folded EfficientNet-Lite trunks + GeM (2 cores): 2.0-4.4x the throughput of torch
@@ -16,26 +17,16 @@ import threading
 
 import numpy as np
 
-_default_threads: int | None = None  # set at entry points (encoder.set_compute_threads)
-
-
-def set_default_threads(n: int) -> None:
-    global _default_threads
-    _default_threads = max(1, int(n))
-
-
-def configured_threads() -> int | None:
-    """The thread count set at the entry point, if any."""
-    return _default_threads
-
 
 def default_threads() -> int:
-    """Intra-op threads of graphs whose thread count was never set: as set at the entry point, else
-    every core this process may use."""
+    """Intra-op threads of graphs whose thread count was never set: as set at the entry point
+    (`encoder.compute.set_threads`), else every core this process may use."""
     import os
 
-    if _default_threads is not None:
-        return _default_threads
+    from encoder.compute import configured_threads
+
+    if (n := configured_threads()) is not None:
+        return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -70,12 +61,15 @@ class OnnxGraph:
         self.threads = max(1, int(n))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph for the batch `x`, in the graph's order."""
         sess = self.session()
         name = sess.get_inputs()[0].name
         x = np.ascontiguousarray(x, np.float32)
-        return np.concatenate(
-            [sess.run(None, {name: x[i : i + self.batch]})[0] for i in range(0, len(x), self.batch)]
-        )
+        parts = [sess.run(None, {name: x[i : i + self.batch]}) for i in range(0, len(x), self.batch)]
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
     def __getstate__(self) -> dict:  # sessions do not pickle: rebuilt on first use
         return {"graph": self.graph, "batch": self.batch, "threads": self.threads}

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from encoder.augment import corrupt, random_view
 from encoder.config import AutoencoderModelConfig, PretrainedModelConfig
+from encoder.export import export_autoencoder
 from encoder.images import find_images  # noqa: F401 - re-exported (callers import it from here)
 from encoder.model_dir import save_model_dir
 from encoder.models import EncoderConfig, build_model, code_dim
@@ -259,6 +260,8 @@ def train_autoencoder(
     with torch.inference_mode():  # reference for "how unlike the inventory": unseen images' errors
         ref = x_val if len(x_val) >= 20 else data  # (too few held out: all, slightly optimistic)
         errors = torch.cat([((model(xb) - xb) ** 2).flatten(1).mean(1) for xb in ref.split(256)])
+    out_dir = Path(out_dir)
+    graph, graph_sha256 = export_autoencoder(model, out_dir, image_size)  # inference without torch
     seconds = time.perf_counter() - t0
     config = AutoencoderModelConfig(
         model=model_cfg,
@@ -276,8 +279,9 @@ def train_autoencoder(
             "val_losses": val_losses,
             "seconds": round(seconds, 2),
         },
+        graph=graph,
+        graph_sha256=graph_sha256,
     )
-    out_dir = Path(out_dir)
     fp = save_model_dir(out_dir, best_state, config)
     save_loss_curve(out_dir / "loss_curve.png", train_losses, val_losses, best_epoch)
     with torch.inference_mode():

@@ -4,33 +4,39 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-# Before torch/FAISS load OpenMP (imported below): threads waiting at a barrier sleep instead of
-# spinning. On a busy or shared machine spinning made 2-thread forward passes 3-4x slower than 1
-# thread (README, "Performance"). An explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import click
 
-import click  # noqa: E402
-
-from imgrec.commands import common  # noqa: E402
-from imgrec.exit_codes import EPILOG, ImgrecGroup  # noqa: E402
+from imgrec.commands import common
+from imgrec.exit_codes import EPILOG, ImgrecGroup
 
 
 @click.group(cls=ImgrecGroup, epilog=EPILOG)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="imgrec")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """imgrec: find the inventory items that look most like a photo.
 
     Train an encoder on the inventory's own images, index the inventory into FAISS + SQLite,
     and query it from the shell or over HTTP.
     """
+    if not _asks_for_help(ctx):  # help loads nothing: importing encoder costs numpy and Pillow
+        from encoder import compute
+
+        compute.passive_openmp()  # before the command loads torch/FAISS; an OMP_WAIT_POLICY set wins
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _asks_for_help(ctx: click.Context) -> bool:
+    """Whether the command line only asks for a command's help."""
+    _, cmd, args = ctx.meta.get("imgrec.command", (None, None, []))
+    names = cmd.get_help_option_names(ctx) if cmd is not None else ctx.help_option_names
+    return any(a in names for a in args)
 
 
 @cli.command()

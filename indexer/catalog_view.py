@@ -48,18 +48,23 @@ class CatalogView:
 
     @property
     def has_catalog(self) -> bool:
-        """Whether the generation was built with a product catalog (search groups by product then)."""
-        return "catalog" in (self.snap.generation.summary or {})
+        """Whether the generation has products, from a catalog file or uploads (search groups by
+        product then)."""
+        summary = self.snap.generation.summary or {}
+        return "catalog" in summary or "api_attribute_types" in summary
 
     @property
     def attribute_types(self) -> dict[str, str]:
-        """The catalog's attributes (name -> string | number | boolean)."""
+        """The attributes (name -> string | number | boolean): the catalog file's and the uploads'."""
         if self._types is None:
-            stored = ((self.snap.generation.summary or {}).get("catalog") or {}).get("attribute_types")
-            if stored is None:
+            summary = self.snap.generation.summary or {}
+            stored = (summary.get("catalog") or {}).get("attribute_types")
+            api = summary.get("api_attribute_types")
+            if stored is None and api is None:
                 with Session(self.snap.engine) as session:
-                    stored = attribute_types_of(session)
-            self._types = dict(stored)
+                    self._types = attribute_types_of(session)
+            else:
+                self._types = {**(api or {}), **(stored or {})}
         return self._types
 
     def parse(self, text: str) -> Expr:

@@ -250,6 +250,9 @@ class Product(Base):
     metadata_sha256: Mapped[str] = mapped_column(String(64))  # catalog_file.CatalogProduct.metadata_sha256
     added_generation: Mapped[int] = mapped_column(Integer)
     deleted_generation: Mapped[int | None] = mapped_column(Integer, index=True)  # None while in the catalog
+    # `catalog`: the catalog file's (a sync deletes it when the file drops it); `api`: made by an
+    # upload (POST /v1/items), kept by syncs until the file lists its product_id
+    origin: Mapped[str] = mapped_column(String(8), server_default="catalog")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -280,6 +283,7 @@ class AttributeType(Base):
 
     name: Mapped[str] = mapped_column(String, primary_key=True)
     type: Mapped[str] = mapped_column(String(8))  # string | number | boolean
+    origin: Mapped[str] = mapped_column(String(8), server_default="catalog")  # catalog | api (as Product)
 
 
 class ProductChange(Base):

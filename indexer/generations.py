@@ -290,7 +290,12 @@ def _undo_product_changes(session: Session, undone: Generation, target: Generati
     ).all()
     if not session.scalar(select(ProductChange.id).where(ProductChange.generation_id.in_(gens)).limit(1)):
         return
-    restore_attribute_types(session, ((target.summary or {}).get("catalog") or {}).get("attribute_types", {}))
+    summary = target.summary or {}
+    restore_attribute_types(
+        session,
+        (summary.get("catalog") or {}).get("attribute_types", {}),
+        summary.get("api_attribute_types", {}),
+    )
     undo_product_changes(session, list(gens), undone.id)
 
 

@@ -19,13 +19,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 
 from encoder import Encoder, ImageDecodeError, ImageTooLargeError, Preprocess, load_image
+from encoder.compute import configured_threads
 from encoder.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS
 from indexer.scan import ScannedFile
 
@@ -135,22 +136,6 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[int]:
-    """Run the block with torch using `n` intra-op threads (None: all cores), then restore."""
-    import torch
-
-    before = torch.get_num_threads()
-    n = max(1, n or available_cores())
-    if n != before:
-        torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 def embed_files(
     files: Iterable[ScannedFile],
     encoder: Encoder,
@@ -167,8 +152,8 @@ def embed_files(
     A producer thread decodes (Pillow releases the GIL while decoding and resizing), stacks and
     normalises whole batches into a queue of at most `prefetch` batches, while this generator runs
     the encoder on the previous batch: decoding and the forward pass overlap, and memory stays
-    bounded. The encoder runs on `threads` torch threads; None picks 1 or all cores by measured
-    throughput (`ThreadTuner`), so decoding and the forward pass do not oversubscribe the cores.
+    bounded. The encoder runs on `threads` compute threads; None: the entry point's setting
+    (`encoder.compute`), else 1 or all cores by measured throughput (`ThreadTuner`), so decoding and the forward pass do not oversubscribe the cores.
     `on_decoded` is called for every file, in input order, on the caller's thread.
     """
     pre = encoder.preprocess
@@ -198,39 +183,28 @@ def embed_files(
 
     producer = threading.Thread(target=produce, name="embed-producer", daemon=True)
     cores = available_cores()
+    threads = threads or configured_threads()  # the entry point's setting is kept, never tuned
     tuner = ThreadTuner([1, cores] if threads is None and cores > 1 else [threads or cores])
-    with _encoder_threads(encoder, tuner.next()):
-        producer.start()
-        try:
-            t = time.perf_counter()
-            while (item := ready.get()) is not _END:
-                if isinstance(item, _Failure):
-                    raise item.error
-                if on_decoded:
-                    for d in item.in_order:
-                        on_decoded(d)
-                n_threads = tuner.next()
-                encoder.set_threads(n_threads)
-                vectors = _embed_batch(encoder, item)
-                yield EmbeddedBatch(item.ok, vectors, item.rejected)
-                now = time.perf_counter()
-                tuner.record(n_threads, len(item.in_order), now - t)  # one cycle: wait, embed, caller
-                t = now
-        finally:
-            stop.set()
-            producer.join()
-    logger.debug("embed_files: torch threads %s", tuner.summary())
-
-
-@contextmanager
-def _encoder_threads(encoder: Encoder, n: int) -> Iterator[None]:
-    """Run the block with the encoder on `n` compute threads, then restore its setting."""
-    before = encoder.get_threads()
-    encoder.set_threads(n)
+    producer.start()
     try:
-        yield
+        t = time.perf_counter()
+        while (item := ready.get()) is not _END:
+            if isinstance(item, _Failure):
+                raise item.error
+            if on_decoded:
+                for d in item.in_order:
+                    on_decoded(d)
+            n_threads = tuner.next()
+            encoder.set_threads(n_threads)  # a no-op unless the tuner switches
+            vectors = _embed_batch(encoder, item)
+            yield EmbeddedBatch(item.ok, vectors, item.rejected)
+            now = time.perf_counter()
+            tuner.record(n_threads, len(item.in_order), now - t)  # one cycle: wait, embed, caller
+            t = now
     finally:
-        encoder.set_threads(before)
+        stop.set()
+        producer.join()
+    logger.debug("embed_files: torch threads %s", tuner.summary())
 
 
 def _embed_batch(encoder: Encoder, item: _ReadyBatch) -> np.ndarray:

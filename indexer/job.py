@@ -164,9 +164,16 @@ def run_index(
             summary.catalog = catalog_summary(catalog)
             stored = ((cur.summary or {}).get("catalog") or {}) if cur is not None else {}
             catalog_changed = stored.get("sha256") != catalog.sha256
+        uploads = []
+        if live is not None and live.uploads:
+            from indexer.live import prepare_uploads
+
+            types = catalog.attribute_types if catalog is not None else None
+            uploads = prepare_uploads(engine, live.uploads, types, plan, inventory_root)
         if on_total:
             on_total(len(plan.embed))
-        quiet = not plan.changes_anything and not catalog_changed and not patches
+        linking = any(u.live_item is not None for u in uploads)  # indexed already: link only
+        quiet = not plan.changes_anything and not catalog_changed and not patches and not linking
         if quiet and not (opts.full and cur is not None):
             settle_folders(engine, plan)  # compared and unchanged: settled as they are
             prune(index_dir, engine, opts.keep_generations)
@@ -195,6 +202,7 @@ def run_index(
         checkpoint = None if rebuild else opts.checkpoint_every
         publisher.catalog, publisher.catalog_pending = catalog, catalog_changed
         publisher.patches = patches
+        publisher.uploads = uploads
         publisher.stage_plan(plan, plan.live_at_path)
         publisher.before_first_commit = lambda session: forget_folders(session, plan)
         files, plan.embed = plan.embed, []

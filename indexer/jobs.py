@@ -16,6 +16,9 @@ and fsynced before the job row commits), `delete` (`item_id`) and `patch` (a pro
 payload {"product_id": SKU, "changes": {...}}, nothing re-embedded): a patch is settled inside the
 publish transaction that applies it (`settle_in`), or failed before it when it no longer applies.
 
+An add job with a `product_id` is settled inside the publish that adds its item and applies its
+product fields (`indexer.uploads`); `resolve_jobs` then leaves it as it is.
+
 Uploads go to `_uploads/<sha256[:2]>/<label>/<name><ext>` under the inventory: content-addressed
 (`name` = the image's sha256, plus a digest of the product id when one is given), never the
 client's file name; the label folder makes the item's label as for any inventory folder.
@@ -125,9 +128,17 @@ def _check_same(job: Job, kind: str, **expected: object) -> JobRecord:
     return _record(job)
 
 
-def existing_add(engine: Engine, path: str, key: str | None, sha256: str) -> JobRecord | None:
+def product_part(payload: dict[str, Any]) -> dict[str, Any]:
+    """An add job's product fields (`indexer.uploads.product_fields`)."""
+    return {k: payload[k] for k in ("product_id", "title", "url", "price", "attributes") if k in payload}
+
+
+def existing_add(
+    engine: Engine, path: str, key: str | None, sha256: str, payload: dict[str, Any] | None = None
+) -> JobRecord | None:
     """The job that already answers this upload: same Idempotency-Key, or the same path (same
-    bytes, label and product) still queued or indexed as a live item."""
+    bytes, label and product) still queued or indexed as a live item, and (given `payload`) with
+    the same product fields: other fields make a new job (same item, the product updated)."""
     with Session(engine) as session:
         if (job := _by_key(session, key)) is not None:
             return _check_same(job, "add", content_sha256=sha256)
@@ -138,6 +149,8 @@ def existing_add(engine: Engine, path: str, key: str | None, sha256: str) -> Job
         )
         for job in rows:
             if job.state == "queued" or _live(session, job.item_id):
+                if payload is not None and product_part(job.payload) != product_part(payload):
+                    return None
                 return _record(job)
         return None
 
@@ -152,7 +165,7 @@ def enqueue_add(
     engine: Engine, *, path: str, sha256: str, payload: dict[str, Any], key: str | None
 ) -> tuple[JobRecord, bool]:
     """Queue an upload already saved at `path`; (job, True) or, for a repeat, (its job, False)."""
-    if (job := existing_add(engine, path, key, sha256)) is not None:
+    if (job := existing_add(engine, path, key, sha256, payload)) is not None:
         return job, False
     return _insert(engine, dict(kind="add", path=path, content_sha256=sha256, payload=payload), key)
 
@@ -223,7 +236,12 @@ def resolve_jobs(engine: Engine, jobs: list[JobRecord], inventory: str | Path) -
     with Session(engine) as session, session.begin():
         for job in jobs:
             values: dict[str, Any] | None = None
-            if job.kind == "add":
+            if (
+                job.kind == "add"
+                and (state := session.scalar(select(Job.state).where(Job.id == job.id))) != "queued"
+            ):
+                states[job.id] = state  # settled with its publish (product fields), or failed before it
+            elif job.kind == "add":
                 row = session.scalar(select(LedgerEntry).where(LedgerEntry.path == job.path))
                 if row is not None and row.state == "embedded" and row.item_id is not None:
                     gen = session.scalar(select(Item.added_generation).where(Item.id == row.item_id))

@@ -18,6 +18,7 @@ until the file itself changes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -30,7 +31,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from indexer import jobs as queue
-from indexer.db import DATABASE_FILE, Item
+from indexer.db import DATABASE_FILE, Item, Job
 from indexer.folders import ROW_COLUMNS, rows_in, stored_folders
 from indexer.plan import Plan, merge_into, plan_folders
 from indexer.plan_workers import join_plans
@@ -47,6 +48,7 @@ class LiveChanges:
     tombstones: list[int] = field(default_factory=list)  # live items deleted over the API, file kept
     force: set[str] = field(default_factory=set)  # folders compared file by file even if settled
     patches: list[queue.JobRecord] = field(default_factory=list)  # product metadata changes (kind patch)
+    uploads: list[queue.JobRecord] = field(default_factory=list)  # add jobs with a product_id
 
 
 @dataclass
@@ -206,6 +208,49 @@ def prepare_patches(engine: Engine, jobs: list[queue.JobRecord]) -> list[Patch]:
     return out
 
 
+def prepare_uploads(
+    engine: Engine,
+    jobs: list[queue.JobRecord],
+    catalog_types: dict[str, str] | None,
+    plan: Plan,
+    inventory_root: str,
+) -> list:
+    """The uploads whose product fields apply (`indexer.uploads.Upload`), checked against the
+    attribute types this run's publish will have (`catalog_types`: the run's catalog file's, None
+    without one). An upload that no longer fits is not indexed at all: its file is removed (it is
+    the API's), its item too if a scan indexed it already (unless an earlier job of the same file
+    made it), and its job fails with the reason."""
+    from indexer.bulk import chunk_size, chunks
+    from indexer.uploads import check_uploads, effective_types
+
+    with Session(engine) as session:
+        ready, failed = check_uploads(jobs, effective_types(session, catalog_types))
+        paths = [j.path for j in jobs if j.path]
+        live: dict[str, int] = {}
+        for chunk in chunks(paths, chunk_size(session)):
+            live.update(
+                session.execute(
+                    select(Item.path, Item.id).where(Item.path.in_(chunk), Item.deleted_generation.is_(None))
+                ).all()
+            )
+    ready = [dataclasses.replace(u, live_item=live.get(u.path)) for u in ready]
+    if failed:
+        why = dict(failed)
+        doomed = {j.path for j in jobs if j.id in why} - {u.path for u in ready}
+        with Session(engine) as session:  # an earlier upload of the same file made its item: it stays
+            for chunk in chunks(sorted(doomed), chunk_size(session)):
+                query = select(Job.path).where(Job.path.in_(chunk), Job.state == "indexed")
+                doomed -= set(session.scalars(query))
+        for path in doomed:  # first: a kill after this leaves the job queued, its file gone (failed)
+            Path(inventory_root, path).unlink(missing_ok=True)
+        plan.embed = [f for f in plan.embed if f.rel_path not in doomed]
+        plan.delete.extend(live[p] for p in doomed if p in live and live[p] not in plan.delete)
+        with Session(engine) as session, session.begin():
+            for job_id, reason in failed:
+                queue.settle_in(session, job_id, state="failed", reason=reason)
+    return ready
+
+
 def apply_batch(
     inventory: str | Path,
     model_dir: str | Path,
@@ -237,7 +282,8 @@ def apply_batch(
             for prefix in force:
                 folders.setdefault(prefix, False)
         patches = [j for j in jobs if j.kind == "patch"]
-        changes = LiveChanges(folders, tombstones, force, patches)
+        uploads = [j for j in jobs if j.kind == "add" and j.payload.get("product_id")]
+        changes = LiveChanges(folders, tombstones, force, patches, uploads)
         summary = run_index(
             inventory, model_dir, index_dir, options, live=changes, encoder=encoder, embedder=embedder
         )

@@ -93,6 +93,8 @@ def sync_products(session: Session, catalog: Catalog, generation_id: int) -> Pro
     A product whose `metadata_sha256` is unchanged is not touched. Changed and removed products get a
     `ProductChange` row whose `previous` holds what rollback restores; removed products are marked
     deleted (kept, so a rollback or a later catalog can bring them back under the same id).
+    Products and attribute types made over the API (`origin` "api") are not the file's to remove:
+    they stay until the file lists their product_id or attribute name, which then become the file's.
     """
     sync = ProductSync()
     stored = {
@@ -106,12 +108,19 @@ def sync_products(session: Session, catalog: Catalog, generation_id: int) -> Pro
             )
         )
     }
-    old_types = dict(session.execute(sa.select(AttributeType.name, AttributeType.type)).all())
-    if old_types != catalog.attribute_types:
+    origins = dict(session.execute(sa.select(products.c.id, products.c.origin)).all())
+    old_types = {
+        n: (t, o) for n, t, o in session.execute(sa.select(AttributeType.name, AttributeType.type, AttributeType.origin))
+    }  # fmt: skip
+    want_types = {n: (t, "catalog") for n, t in catalog.attribute_types.items()} | {
+        n: (t, o) for n, (t, o) in old_types.items() if o == "api" and n not in catalog.attribute_types
+    }
+    if old_types != want_types:
         session.execute(sa.delete(AttributeType))
-        if catalog.attribute_types:
+        if want_types:
             session.execute(
-                sa.insert(AttributeType), [{"name": n, "type": t} for n, t in catalog.attribute_types.items()]
+                sa.insert(AttributeType),
+                [{"name": n, "type": t, "origin": o} for n, (t, o) in want_types.items()],
             )
         sync.types_changed = True
 
@@ -125,6 +134,7 @@ def sync_products(session: Session, catalog: Catalog, generation_id: int) -> Pro
                     **_fields(p),
                     "added_generation": generation_id,
                     "deleted_generation": None,
+                    "origin": "catalog",
                 }
                 for p in new
             ],  # fmt: skip
@@ -152,22 +162,34 @@ def sync_products(session: Session, catalog: Catalog, generation_id: int) -> Pro
         else:
             sync.unchanged += 1
     sync.deleted = [
-        pid for key, (pid, _, deleted) in stored.items() if key not in catalog.products and deleted is None
+        pid
+        for key, (pid, _, deleted) in stored.items()
+        if key not in catalog.products and deleted is None and origins.get(pid) != "api"
     ]
+
+    # an attribute name the file now types otherwise (an upload's, or the file's own before): the
+    # values of the old type that no synced row replaces are dropped, as an update of their product
+    retyped = {n: t for n, (t, _) in want_types.items() if n in old_types and old_types[n][0] != t}
+    skip = {pid for pid, _ in changed} | set(sync.deleted)
+    stale = {n: [p for p in _other_typed(session, n, t) if p not in skip] for n, t in retyped.items()}
+    sync.updated.extend(dict.fromkeys(p for pids in stale.values() for p in pids if p not in sync.updated))
 
     previous = product_records(session, sync.updated + sync.deleted)  # before any change
     stored_by_id = {pid: (digest, deleted) for pid, digest, deleted in stored.values()}
-    if sync.updated:
-        session.execute(
-            sa.update(products).where(products.c.id == sa.bindparam("pid")),
-            [
-                {"pid": pid, **_fields(p), "deleted_generation": None}
-                for pid, p in changed
-                if pid not in added
-            ],
-        )
+    updates = [
+        {"pid": pid, **_fields(p), "deleted_generation": None, "origin": "catalog"}
+        for pid, p in changed
+        if pid not in added
+    ]
+    if updates:
+        session.execute(sa.update(products).where(products.c.id == sa.bindparam("pid")), updates)
     for chunk in _chunks(pid for pid, _ in changed):
         session.execute(sa.delete(attributes).where(attributes.c.product_id.in_(chunk)))
+    for name, pids in stale.items():
+        for chunk in _chunks(pids):
+            session.execute(
+                sa.delete(attributes).where(attributes.c.name == name, attributes.c.product_id.in_(chunk))
+            )
     rows = [
         {
             "product_id": pid,
@@ -192,7 +214,7 @@ def sync_products(session: Session, catalog: Catalog, generation_id: int) -> Pro
                 generation_id=generation_id,
                 product_id=pid,
                 change=kind,
-                previous=_previous(previous[pid], kind, *stored_by_id[pid]),
+                previous=_previous(previous[pid], kind, *stored_by_id[pid], origins.get(pid, "catalog")),
             )
             for kind, pids in (("updated", sync.updated), ("deleted", sync.deleted))
             for pid in pids
@@ -209,7 +231,8 @@ def link_items(
     only: list[int] | None = None,
 ) -> dict[int, int | None]:
     """Point every live item (or the items `only`) at its product (`image_products`: path ->
-    product_id; others: none).
+    product_id; others: none, except an upload (under `_uploads/`) the file does not list: it keeps
+    its product while that product is live, as `POST /v1/items` linked it).
 
     Returns {item id: previous products.id} for the items whose product changed (for rollback).
     """
@@ -221,10 +244,13 @@ def link_items(
         current = [
             row for chunk in _chunks(only) for row in session.execute(query.where(items.c.id.in_(chunk)))
         ]
+    kept = _live_products(session, [p for _, path, p in current if p is not None and _is_upload(path)])
     updates = []
     for item_id, path, product in current:
         key = image_products.get(path)
         want = ids[key] if key is not None else None
+        if key is None and product in kept and _is_upload(path):
+            want = product
         if want != product:
             updates.append({"iid": item_id, "pid": want, "was": product})
     if updates:
@@ -235,11 +261,40 @@ def link_items(
     return {u["iid"]: u["was"] for u in updates}
 
 
+def _other_typed(session: Session, name: str, kind: str) -> list[int]:
+    """Products holding a value of attribute `name` that is not of type `kind`."""
+    column = attributes.c[VALUE_COLUMNS[kind]]
+    query = sa.select(attributes.c.product_id).where(attributes.c.name == name, column.is_(None))
+    return list(session.scalars(query))
+
+
+def _is_upload(path: str) -> bool:
+    from indexer.jobs import UPLOADS
+
+    return path.startswith(UPLOADS + "/")
+
+
+def _live_products(session: Session, ids: list[int]) -> set[int]:
+    """The ids among `ids` of products not deleted."""
+    live: set[int] = set()
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        live.update(
+            session.scalars(
+                sa.select(products.c.id).where(
+                    products.c.id.in_(chunk), products.c.deleted_generation.is_(None)
+                )
+            )
+        )
+    return live
+
+
 def _fields(p: CatalogProduct) -> dict:
     return {"title": p.title, "url": p.url, "price": p.price, "metadata_sha256": p.metadata_sha256}
 
 
-def _previous(record: ProductRecord, kind: str, digest: str, deleted_generation: int | None) -> dict | None:
+def _previous(
+    record: ProductRecord, kind: str, digest: str, deleted_generation: int | None, origin: str = "catalog"
+) -> dict | None:
     """What rollback restores (a deleted product only needs un-deleting: None)."""
     if kind == "deleted":
         return None
@@ -250,6 +305,7 @@ def _previous(record: ProductRecord, kind: str, digest: str, deleted_generation:
         "attributes": record.attributes,
         "metadata_sha256": digest,
         "deleted_generation": deleted_generation,
+        "origin": origin,
     }
 
 
@@ -478,7 +534,7 @@ def undo_product_changes(session: Session, generation_ids: list[int], undone_id:
             prev = ch.previous or {}
             values = {
                 k: prev.get(k) for k in ("title", "url", "price", "metadata_sha256", "deleted_generation")
-            }
+            } | {"origin": prev.get("origin", "catalog")}
             session.execute(sa.delete(attributes).where(attributes.c.product_id == ch.product_id))
             types = dict(session.execute(sa.select(AttributeType.name, AttributeType.type)).all())
             rows = [
@@ -495,11 +551,22 @@ def undo_product_changes(session: Session, generation_ids: list[int], undone_id:
         session.execute(sa.update(products).where(products.c.id == ch.product_id).values(**values))
 
 
-def restore_attribute_types(session: Session, types: dict[str, str]) -> None:
-    """Make `attribute_types` hold `types` (rollback: the target generation's catalog types)."""
+def restore_attribute_types(
+    session: Session, types: dict[str, str], api_types: dict[str, str] | None = None
+) -> None:
+    """Make `attribute_types` hold `types` (rollback: the target generation's catalog types) and
+    `api_types` (those made by uploads, `origin` "api")."""
     session.execute(sa.delete(AttributeType))
-    if types:
-        session.execute(sa.insert(AttributeType), [{"name": n, "type": t} for n, t in types.items()])
+    rows = [{"name": n, "type": t, "origin": "api"} for n, t in (api_types or {}).items() if n not in types]
+    rows += [{"name": n, "type": t, "origin": "catalog"} for n, t in types.items()]
+    if rows:
+        session.execute(sa.insert(AttributeType), rows)
+
+
+def api_attribute_types(session: Session) -> dict[str, str]:
+    """The attribute types made by uploads (a generation's summary keeps them, for rollback)."""
+    query = sa.select(AttributeType.name, AttributeType.type).where(AttributeType.origin == "api")
+    return dict(session.execute(query.order_by(AttributeType.name)).all())
 
 
 def _type_of(value: object, known: str | None) -> str:
@@ -575,15 +642,17 @@ def patch_product(session: Session, pid: int, changes: dict, generation_id: int)
     (its catalog row's digest) is kept: the next catalog sync overwrites the change only if the
     file's own row for this product changed (see docs/products.md)."""
     record = product_records(session, [pid])[pid]
-    digest, deleted = session.execute(
-        sa.select(products.c.metadata_sha256, products.c.deleted_generation).where(products.c.id == pid)
+    digest, deleted, origin = session.execute(
+        sa.select(products.c.metadata_sha256, products.c.deleted_generation, products.c.origin).where(
+            products.c.id == pid
+        )
     ).one()
     session.add(
         ProductChange(
             generation_id=generation_id,
             product_id=pid,
             change="updated",
-            previous=_previous(record, "updated", digest, deleted),
+            previous=_previous(record, "updated", digest, deleted, origin),
         )
     )
     fields = {k: v for k, v in changes.items() if k in PATCH_FIELDS}

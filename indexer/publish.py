@@ -33,11 +33,20 @@ from sqlalchemy.orm import Session
 from encoder import Encoder
 from indexer.bulk import chunk_size, chunks
 from indexer.catalog_file import Catalog
-from indexer.db import Generation, GenerationChange, GenerationSegment, Item, LedgerEntry, Segment, utcnow
+from indexer.db import (
+    Generation,
+    GenerationChange,
+    GenerationSegment,
+    Item,
+    LedgerEntry,
+    Product,
+    Segment,
+    utcnow,
+)
 from indexer.generations import make_current
 from indexer.ingest import Decoded, EmbeddedBatch
 from indexer.plan import Plan
-from indexer.products import attribute_facets, catalog_summary, store_catalog
+from indexer.products import api_attribute_types, attribute_facets, catalog_summary, store_catalog
 from indexer.scan import ScannedFile
 from indexer.segments import (
     StorageWriteError,
@@ -104,6 +113,8 @@ class Publisher:
             False  # the catalog differs from the parent's: publish even with no image change
         )
         self.patches: list = []  # indexer.live.Patch: product metadata changes (API PATCH jobs)
+        self.uploads: list = []  # indexer.uploads.Upload: product fields of uploads, applied with their item
+        self._uploads_applied: set[int] = set()  # job ids applied by the publish in progress
 
     @property
     def staged_embeddings(self) -> int:
@@ -111,8 +122,17 @@ class Publisher:
 
     def has_staged(self) -> bool:
         return bool(
-            self.delete_ids or self.ledger_only or self.embedded or self.catalog_pending or self.patches
+            self.delete_ids
+            or self.ledger_only
+            or self.embedded
+            or self.catalog_pending
+            or self.patches
+            or self._linking()
         )
+
+    def _linking(self) -> bool:
+        """Whether an upload's product fields wait for an item that is indexed already."""
+        return any(u.live_item is not None for u in self.uploads)
 
     def stage_plan(self, plan: Plan, live_at_path: dict[str, int]) -> None:
         """Stage the plan's deletions and ledger-only changes; `live_at_path`: live items of files
@@ -155,6 +175,7 @@ class Publisher:
             and not self.rebuild
             and not self.catalog_pending
             and not self.patches
+            and not self._linking()
         ):
             with Session(self.engine) as session, session.begin():
                 self._first_transaction(session)
@@ -162,6 +183,7 @@ class Publisher:
             self.ledger_only, self.before_first_commit = [], None
             return self.parent_id
         self._written = None
+        self._uploads_applied = set()
         try:
             with Session(self.engine) as session, session.begin():
                 gen_id = self._publish(session)
@@ -181,6 +203,7 @@ class Publisher:
         self.rebuild = False
         self.catalog_pending = False
         self.patches = []
+        self.uploads = [u for u in self.uploads if u.job_id not in self._uploads_applied]
         self.delete_ids, self.ledger_only, self.embedded, self.vectors = [], [], [], []
         return gen_id
 
@@ -271,8 +294,10 @@ class Publisher:
     def _store_products(
         self, session: Session, gen: Generation, parent: Generation | None, embedded_ids: list[int]
     ) -> None:
-        """With a catalog: store it and link the items (metadata-only changes need no segment).
-        The generation's summary carries the catalog's description and the attribute facets."""
+        """With a catalog: store it and link the items (metadata-only changes need no segment); then
+        the uploads' product fields and the patches (the API's changes are newer than the file).
+        The generation's summary carries the catalog's description, the attribute types made by
+        uploads and the attribute facets."""
         entry = (parent.summary or {}).get("catalog") if parent is not None else None
         if self.catalog is not None:
             only = (
@@ -280,9 +305,48 @@ class Publisher:
             )  # unchanged: new images only
             store_catalog(session, self.catalog, gen.id, record_changes=self.record_changes, only=only)
             entry = catalog_summary(self.catalog)
+        self._apply_uploads(session, gen.id)
         self._apply_patches(session, gen.id)  # after the file: the API's change is the newer one
-        if entry is not None:  # products exist: their images or they changed, and so may the facets
-            gen.summary = {**gen.summary, "catalog": entry, "facets": attribute_facets(session)}
+        api_types = api_attribute_types(session)
+        from_api = bool(api_types) or session.scalar(
+            select(Product.id).where(Product.origin == "api").limit(1)
+        )
+        if entry is not None or from_api:  # products exist: their images or they changed, so may the facets
+            extra = {"facets": attribute_facets(session)}
+            if entry is not None:
+                extra["catalog"] = entry
+            if from_api:
+                extra["api_attribute_types"] = api_types
+            gen.summary = {**gen.summary, **extra}
+
+    def _apply_uploads(self, session: Session, gen_id: int) -> None:
+        """Create or update the products of the uploads whose item is live now (embedded by this
+        publish or an earlier one) and link them; settle their jobs in this transaction. Uploads
+        indexed before and embedded again (after a rollback) get their product back."""
+        from indexer.jobs import UPLOADS, settle_in
+        from indexer.uploads import apply_upload, embedded_again
+
+        mine = {u.path for u in self.uploads}
+        again = [
+            d.file.rel_path
+            for d in self.embedded
+            if d.file.rel_path.startswith(UPLOADS + "/") and d.file.rel_path not in mine
+        ]
+        for up in embedded_again(session, again) if again else ():
+            item_id = session.scalar(
+                select(Item.id).where(Item.path == up.path, Item.deleted_generation.is_(None))
+            )
+            if item_id is not None:
+                apply_upload(session, up, item_id, gen_id)
+        for up in self.uploads:
+            item_id = session.scalar(
+                select(Item.id).where(Item.path == up.path, Item.deleted_generation.is_(None))
+            )
+            if item_id is None:  # not embedded (yet): a later checkpoint, or the file failed
+                continue
+            apply_upload(session, up, item_id, gen_id)
+            settle_in(session, up.job_id, state="indexed", item_id=item_id, generation_id=gen_id)
+            self._uploads_applied.add(up.job_id)
 
     def _apply_patches(self, session: Session, gen_id: int) -> None:
         """Apply the staged product patches (recorded for rollback) and settle their jobs in this

@@ -25,12 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import faiss
 import numpy as np
 from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from encoder import compute
 from indexer import Hit, Snapshot, current_generation_id, open_snapshot, querying
 from indexer.ann import search_params
 from indexer.damage import IndexDamageError, as_damage
@@ -106,7 +106,6 @@ class SearchEngine:
         batch_window_ms: float = 2.0,
         max_batch: int = 32,
         novelty: bool = True,
-        compute_threads: int = 0,
         query_expansion: bool = True,
     ):
         self.index_dir = Path(index_dir)
@@ -114,7 +113,6 @@ class SearchEngine:
         self.verify = verify
         self.reload_interval = reload_interval
         self.novelty = novelty
-        self.compute_threads = compute_threads
         self.query_expansion = query_expansion  # the model's query expansion (indexer.querying)
         self.batcher: Batcher[Query, list[Answer]] = Batcher(
             self._process, window_ms=batch_window_ms, max_batch=max_batch
@@ -347,7 +345,7 @@ class SearchEngine:
 
         :raise FilterError: a bad filter.
         """
-        self._pin_threads()
+        compute.pin_this_thread()  # FAISS's thread count is per thread: set once in each
         t0 = time.perf_counter()
         plan = self.plan(snap, exclude=item_id, **options)
         xq = snap.vector(item_id)[None]  # (1, dim)
@@ -355,14 +353,9 @@ class SearchEngine:
         (answer,) = querying.search(snap, xq, plan)
         return answer, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
-    def _pin_threads(self) -> None:
-        """FAISS's OpenMP thread count is per calling thread: set it in the thread that searches."""
-        if self.compute_threads > 0:
-            faiss.omp_set_num_threads(self.compute_threads)
-
     def _process(self, queries: list[Query]) -> list[list[Answer]]:
         """One batch: one forward per snapshot, then `querying.search` per query's plan."""
-        self._pin_threads()
+        compute.pin_this_thread()  # FAISS's thread count is per thread: set once in each
         out: dict[int, list[Answer]] = {}
         by_snapshot: dict[int, list[int]] = {}
         for n, q in enumerate(queries):
@@ -410,27 +403,10 @@ def _plan_key(plan: SearchPlan) -> tuple:
     return allowed, plan.grouped, plan.exclude, knob
 
 
-def set_compute_threads(n: int) -> None:
-    """Threads torch and FAISS use per call; 0 keeps the libraries' defaults.
-
-    torch's setting is process-wide; FAISS's (OpenMP) is per thread, so the engine sets it again
-    in every thread that searches (`SearchEngine._pin_threads`).
-
-    Queries are small batches: one thread each is fastest, and several OpenMP threads per call
-    only spin against each other (and against other workers) on a shared machine.
-    """
-    if n <= 0:
-        return
-    import encoder
-
-    encoder.set_compute_threads(n)  # onnxruntime sessions, and torch if an autoencoder loaded it
-    faiss.omp_set_num_threads(n)
-
-
 def init_app(app: Flask) -> None:
     """Create the engine from the app's config, open the index and start watching it."""
     cfg = app.config
-    set_compute_threads(int(cfg["COMPUTE_THREADS"]))
+    compute.set_threads(int(cfg["COMPUTE_THREADS"]))  # the app factory is an entry point
     eng = SearchEngine(
         cfg["INDEX"],
         mmap=cfg["MMAP"],
@@ -439,7 +415,6 @@ def init_app(app: Flask) -> None:
         batch_window_ms=float(cfg["BATCH_WINDOW_MS"]),
         max_batch=int(cfg["MAX_BATCH"]),
         novelty=bool(cfg["NOVELTY"]),
-        compute_threads=int(cfg["COMPUTE_THREADS"]),
         query_expansion=bool(cfg["QUERY_EXPANSION"]),
     )
     app.extensions["imgrec"] = eng

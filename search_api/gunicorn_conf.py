@@ -37,6 +37,8 @@ accesslog = "-"
 # sent its API key that way would have it logged. No header is logged, and keys never go in URLs.
 access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(L)ss'
 
+# An entry point's process-wide setting (encoder.compute): in the environment before the workers load FAISS,
+# whose OpenMP thread count is otherwise set per calling thread.
 os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("IMGREC_COMPUTE_THREADS", "1"))
 
 

@@ -10,8 +10,11 @@ queued jobs in batches (`indexer.jobs`, `indexer.live`). An upload is decoded he
 indexer's limits (a corrupt, huge or non-image upload is a 4xx and nothing is queued), then saved
 under the inventory's `_uploads/` folder (content-addressed; fsynced) before its job row commits.
 An `Idempotency-Key` header, or the same image bytes for the same product and label, answers the
-existing job instead of making a second item. A PATCH changes a catalog product's metadata only
-(nothing is re-embedded): the attributes must be the catalog's, of their type (`check_patch`).
+existing job instead of making a second item (other product fields: a new job for the same item,
+which updates the product). With `product_id` the indexer creates or updates that product with the
+upload's fields in the item's publish (`indexer.uploads`; checked and typed here: a bad value is a
+400, product fields without a product_id too). A PATCH changes a product's metadata only
+(nothing is re-embedded): the attributes must be known, of their type (`check_patch`).
 
 None of these endpoints is marked as a read: the access layer asks for a write key.
 """
@@ -36,6 +39,7 @@ from indexer import jobs as queue
 from indexer.db import DATABASE_FILE, Generation, IndexState, database_url, make_engine
 from indexer.filter_sql import attribute_types_of
 from indexer.products import PATCH_FIELDS, PatchError, check_patch, product_id_of
+from indexer.uploads import UploadError, product_fields
 from search_api import auth
 from search_api.engine import get_engine
 
@@ -44,7 +48,6 @@ bp = APIBlueprint("writes", __name__, tag="Writes")
 MAX_KEY_CHARS = 200
 MAX_FIELD_CHARS = 2000
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
-KNOWN_FIELDS = ("product_id", "label", "title", "url", "price", "attributes")
 WRITE_ERRORS = {
     400: "No image, an empty one, a bad field or Idempotency-Key.",
     409: "The Idempotency-Key was used for another request.",
@@ -62,12 +65,22 @@ class JobUpload(Schema):
     image = File(
         required=True, metadata={"description": "The item's image (JPEG, PNG, WebP, GIF, BMP, TIFF)."}
     )
-    product_id = String(metadata={"description": "Your product id (same image + product: one item)."})
+    product_id = String(
+        metadata={
+            "description": "Your product id: created with the fields below, or updated with them "
+            "(same image + product: one item). Needed by any product field."
+        }
+    )
     label = String(metadata={"description": "The item's label (default `uploads`)."})
     title = String()
     url = String()
     price = String(metadata={"description": "A number."})
-    attributes = String(metadata={"description": "A JSON object; other form fields are attributes too."})
+    attributes = String(
+        metadata={
+            "description": "A JSON object; other form fields are attributes too. A known attribute "
+            "must be of its type; a new one takes its value's type."
+        }
+    )
 
 
 class ProductPatch(Schema):
@@ -178,20 +191,15 @@ def _format_of(data: bytes) -> str | None:
         return im.format
 
 
-def payload_fields() -> dict:
-    """The form fields besides the image: known ones checked, any other kept as an attribute."""
+def payload_fields(engine: Engine) -> dict:
+    """The form fields besides the image: `label`, and the product fields checked and typed
+    against the catalog's attribute types (`indexer.uploads.product_fields`; any other field is an
+    attribute)."""
     form = request.form
     for name, value in form.items():
         if len(value) > MAX_FIELD_CHARS:
             abort(400, f"field {name!r} is over {MAX_FIELD_CHARS} characters")
-    payload: dict = {k: form[k] for k in ("product_id", "title", "url") if form.get(k)}
-    payload["label"] = form.get("label") or queue.DEFAULT_LABEL
-    if form.get("price"):
-        try:
-            payload["price"] = float(form["price"])
-        except ValueError:
-            abort(400, f"price must be a number, got {form['price']!r}")
-    attributes = {k: v for k, v in form.items() if k not in KNOWN_FIELDS}
+    given: object = {}
     if form.get("attributes"):
         try:
             given = json.loads(form["attributes"])
@@ -199,9 +207,14 @@ def payload_fields() -> dict:
             given = None
         if not isinstance(given, dict):
             abort(400, "attributes must be a JSON object")
-        attributes.update(given)
-    if attributes:
-        payload["attributes"] = attributes
+    fields = {k: v for k, v in form.items() if k not in ("label", "attributes")}
+    with Session(engine) as session:
+        types = attribute_types_of(session)
+    try:
+        payload = product_fields(fields, given, types)
+    except UploadError as e:
+        abort(400, str(e))
+    payload["label"] = form.get("label") or queue.DEFAULT_LABEL
     return payload
 
 
@@ -220,7 +233,8 @@ def add_item(upload: object):
     if not data:
         abort(400, "the image is empty")
     key = idempotency_key()
-    payload = payload_fields()
+    engine = queue_engine()
+    payload = payload_fields(engine)
     ext, width, height = validate_upload(data)
     sha = hashlib.sha256(data).hexdigest()
     try:
@@ -228,11 +242,13 @@ def add_item(upload: object):
     except ValueError as e:
         abort(400, str(e))
     payload.update(width=width, height=height, bytes=len(data))
-    engine = queue_engine()
     try:
-        job = queue.existing_add(engine, path, key, sha)
+        job = queue.existing_add(engine, path, key, sha, payload)
         if job is None:
-            queue.save_upload(inventory_root(engine), path, data)  # durable before the job row
+            root = inventory_root(engine)
+            in_use = queue.existing_add(engine, path, None, sha) is not None  # other product fields
+            if not in_use or not (root / path).is_file():  # (not rewritten: its item stays as it is)
+                queue.save_upload(root, path, data)  # durable before the job row
             job, _ = queue.enqueue_add(engine, path=path, sha256=sha, payload=payload, key=key)
     except queue.IdempotencyConflict as e:
         abort(409, str(e))

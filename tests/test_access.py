@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
@@ -14,32 +12,12 @@ from click.testing import CliRunner
 
 from imgrec.cli import cli
 from search_api.auth import SAFE_METHODS, required_scope
-from search_api.keys import KEY_PATTERN, create_key, revoke_key
+from search_api.keys import KEY_PATTERN, create_key
 
 # POSTs that only read: each one is a deliberate exception to "not GET means write".
 READ_POSTS = {"search.search", "search.search_batch"}
 # A sample value per URL variable, so every rule of the url_map can be requested.
 URL_SAMPLES = {"item_id": "1", "job_id": "1", "product_id": "sku-1", "filename": {"static": "app.js", "apidocs.static": "swagger-ui.css"}}
-
-
-@dataclass(frozen=True)
-class Keys:
-    index: Path
-    read: str
-    write: str
-    revoked: str
-
-
-@pytest.fixture(scope="module")
-def keys(catalog, tmp_path_factory) -> Keys:
-    """A copy of the session index with a read, a write and a revoked key."""
-    index = tmp_path_factory.mktemp("keyed") / "index"
-    shutil.copytree(catalog.index, index)
-    read = create_key(index, "reader", "read")
-    write = create_key(index, "writer", "write")
-    revoked = create_key(index, "gone", "write")
-    revoke_key(index, "gone")
-    return Keys(index, read, write, revoked)
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +337,7 @@ def test_keys_never_appear_in_logs(catalog, keys, tmp_path):
     import sys
     import time
 
-    from tests.test_api import free_port
+    from tests.support import free_port
 
     port = free_port()
     env = {

@@ -1,4 +1,6 @@
-"""The search API over real HTTP (waitress), on a real index built from generated images."""
+"""The search API on a real index built from generated images: views through the app's test client
+(`client`), and over real HTTP (waitress, gunicorn) where the server matters: body limits while
+streaming, raw request lines, concurrent requests meeting in the batcher, a reload, production settings."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import SMALL_BODY_LIMIT
+from tests.support import SMALL_BODY_LIMIT, free_port
 
 ERROR_KEYS = {"error", "message"}
 
@@ -48,10 +50,16 @@ def png_bytes(color=(200, 60, 50), size=(40, 30)) -> bytes:
     return buf.getvalue()
 
 
+def upload(data: bytes, name: str = "image", content_type: str = "application/octet-stream") -> tuple:
+    """A file field for the test client's multipart `data=` (as requests' `files=` sends it)."""
+    return io.BytesIO(data), name, content_type
+
+
 def assert_error(response, status: int) -> dict:
+    """The JSON error of a test-client or a requests response."""
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].startswith("application/json")
-    body = response.json()
+    body = response.get_json() if hasattr(response, "get_json") else response.json()
     assert set(body) >= ERROR_KEYS, body
     assert isinstance(body["message"], str) and body["message"]
     return body
@@ -66,26 +74,31 @@ def assert_index_identity(body: dict, catalog=None) -> None:
 # --- endpoints that succeed ----------------------------------------------------------------
 
 
-def test_health_ready_and_page(api):
-    assert api.get("/healthz").json() == {"status": "ok"}
-    ready = api.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    page = api.get("/")
+def test_health_ready_and_page(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["status"] == "ready"
+    page = client.get("/")
     assert page.status_code == 200 and "<form" in page.text and "app.js" in page.text
     for asset in ("/static/app.js", "/static/style.css"):
-        assert api.get(asset).status_code == 200
+        with client.get(asset) as r:  # a file response: closed by the `with`
+            assert r.status_code == 200
 
 
-def test_search_multipart_finds_the_same_image_first(api, catalog):
+def test_search_multipart_finds_the_same_image_first(client, catalog):
     path = sorted((catalog.inventory / "mugs").glob("*.jpg"))[3]
-    r = api.post("/v1/search", params={"k": 5}, files={"image": (path.name, path.read_bytes(), "image/jpeg")})
+    r = client.post(
+        "/v1/search",
+        query_string={"k": 5},
+        data={"image": upload(path.read_bytes(), path.name, "image/jpeg")},
+    )
     assert r.status_code == 200, r.text
-    body = r.json()
+    body = r.json
     assert_index_identity(body)
     assert body["k"] == 5 and len(body["results"]) == 5
     top = body["results"][0]
     assert top["label"] == "mugs" and top["rank"] == 1
-    assert api.get(top["item_url"]).json()["path"] == "mugs/" + path.name
+    assert client.get(top["item_url"]).json["path"] == "mugs/" + path.name
     assert body["score_kind"] == "similarity" and top["score"] == pytest.approx(1.0, abs=1e-3)
     scores = [h["score"] for h in body["results"]]
     assert scores == sorted(scores, reverse=True)
@@ -95,89 +108,96 @@ def test_search_multipart_finds_the_same_image_first(api, catalog):
     assert "novelty_percentile" in body
 
 
-def test_search_raw_body_and_default_k(api, catalog):
-    r = api.post("/v1/search", data=catalog.query_bytes(), headers={"Content-Type": "image/jpeg"})
+def test_search_raw_body_and_default_k(client, catalog):
+    r = client.post("/v1/search", data=catalog.query_bytes(), content_type="image/jpeg")
     assert r.status_code == 200, r.text
-    assert len(r.json()["results"]) == 10 and r.json()["k"] == 10
+    assert len(r.json["results"]) == 10 and r.json["k"] == 10
 
 
-def test_search_png_raw(api):
-    r = api.post("/v1/search", data=png_bytes(), headers={"Content-Type": "image/png"}, params={"k": 3})
-    assert r.status_code == 200 and len(r.json()["results"]) == 3
+def test_search_png_raw(client):
+    r = client.post("/v1/search", data=png_bytes(), content_type="image/png", query_string={"k": 3})
+    assert r.status_code == 200 and len(r.json["results"]) == 3
 
 
-def test_search_label_filter(api, catalog):
-    r = api.post("/v1/search", params={"k": 20, "label": "rings"}, files={"image": catalog.query_bytes()})
-    labels = {h["label"] for h in r.json()["results"]}
-    assert labels == {"rings"} and len(r.json()["results"]) == 8
-    none = api.post("/v1/search", params={"label": "no-such-label"}, files={"image": catalog.query_bytes()})
-    assert none.status_code == 200 and none.json()["results"] == []
+def test_search_label_filter(client, catalog):
+    r = client.post(
+        "/v1/search", query_string={"k": 20, "label": "rings"}, data={"image": upload(catalog.query_bytes())}
+    )
+    labels = {h["label"] for h in r.json["results"]}
+    assert labels == {"rings"} and len(r.json["results"]) == 8
+    none = client.post(
+        "/v1/search", query_string={"label": "no-such-label"}, data={"image": upload(catalog.query_bytes())}
+    )
+    assert none.status_code == 200 and none.json["results"] == []
 
 
-def test_search_puts_queries_near_their_class(api, catalog):
+def test_search_puts_queries_near_their_class(client, catalog):
     hits = []
     for path in catalog.query_paths():
-        body = api.post("/v1/search", params={"k": 1}, files={"image": path.read_bytes()}).json()
+        body = client.post(
+            "/v1/search", query_string={"k": 1}, data={"image": upload(path.read_bytes())}
+        ).json
         hits.append(body["results"][0]["label"] == path.parent.name)
     assert sum(hits) >= len(hits) // 2  # chance is 1/6; two training epochs are enough for this
 
 
-def test_batch_mixes_good_and_bad_images(api, catalog):
+def test_batch_mixes_good_and_bad_images(client, catalog):
     good = catalog.query_bytes(0)
     files = [
-        ("images", ("good.jpg", good, "image/jpeg")),
-        ("images", ("notes.txt", b"not an image at all\n", "text/plain")),
-        ("images", ("truncated.jpg", good[: len(good) // 2], "image/jpeg")),
-        ("images", ("bomb.png", declared_bomb_png(), "image/png")),
-        ("images", ("empty.jpg", b"", "image/jpeg")),
-        ("images", ("red.png", png_bytes(), "image/png")),
+        ("good.jpg", good, "image/jpeg"),
+        ("notes.txt", b"not an image at all\n", "text/plain"),
+        ("truncated.jpg", good[: len(good) // 2], "image/jpeg"),
+        ("bomb.png", declared_bomb_png(), "image/png"),
+        ("empty.jpg", b"", "image/jpeg"),
+        ("red.png", png_bytes(), "image/png"),
     ]
-    r = api.post("/v1/search/batch", params={"k": 4}, files=files)
+    images = [upload(data, name, kind) for name, data, kind in files]
+    r = client.post("/v1/search/batch", query_string={"k": 4}, data={"images": images})
     assert r.status_code == 200, r.text
-    body = r.json()
+    body = r.json
     assert_index_identity(body)
     assert [a["status"] for a in body["answers"]] == [200, 415, 415, 422, 400, 200]
-    assert [a["query"]["filename"] for a in body["answers"]] == [f[1][0] for f in files]
+    assert [a["query"]["filename"] for a in body["answers"]] == [f[0] for f in files]
     for a in body["answers"]:
         if a["status"] == 200:
             assert len(a["results"]) == 4 and set(a["timings"]) >= {"decode_ms", "embed_ms", "search_ms"}
         else:
             assert a["error"] and a["message"] and "results" not in a
-    single = api.post("/v1/search", params={"k": 4}, files={"image": good}).json()
+    single = client.post("/v1/search", query_string={"k": 4}, data={"image": upload(good)}).json
     assert [h["id"] for h in body["answers"][0]["results"]] == [h["id"] for h in single["results"]]
 
 
-def test_item_image_thumbnail(api, catalog):
-    item = api.get("/v1/items/1").json()
+def test_item_image_thumbnail(client, catalog):
+    item = client.get("/v1/items/1").json
     assert item["id"] == 1 and item["label"] and item["path"].endswith(".jpg")
     assert_index_identity(item)
-    image = api.get(item["image_url"])
-    assert image.status_code == 200 and image.headers["Content-Type"] == "image/jpeg"
-    assert image.content == (catalog.inventory / item["path"]).read_bytes()
-    thumb = api.get(item["thumbnail_url"])
+    with client.get(item["image_url"]) as image:
+        assert image.status_code == 200 and image.headers["Content-Type"] == "image/jpeg"
+        assert image.data == (catalog.inventory / item["path"]).read_bytes()
+    thumb = client.get(item["thumbnail_url"])
     assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg"
-    assert Image.open(io.BytesIO(thumb.content)).size == (96, 96)  # never enlarged beyond the original
-    again = api.get(item["thumbnail_url"], headers={"If-None-Match": thumb.headers["ETag"]})
+    assert Image.open(io.BytesIO(thumb.data)).size == (96, 96)  # never enlarged beyond the original
+    again = client.get(item["thumbnail_url"], headers={"If-None-Match": thumb.headers["ETag"]})
     assert again.status_code == 304
 
 
-def test_similar_uses_the_stored_vector_and_leaves_the_item_out(api):
-    item = api.get("/v1/items/5").json()
-    r = api.get("/v1/items/5/similar", params={"k": 6})
+def test_similar_uses_the_stored_vector_and_leaves_the_item_out(client):
+    item = client.get("/v1/items/5").json
+    r = client.get("/v1/items/5/similar", query_string={"k": 6})
     assert r.status_code == 200, r.text
-    body = r.json()
+    body = r.json
     assert body["item"]["id"] == 5 and len(body["results"]) == 6
     assert 5 not in [h["id"] for h in body["results"]]
     assert [h["rank"] for h in body["results"]] == list(range(1, 7))
     assert body["timings"]["decode_ms"] == 0
-    same = api.get("/v1/items/5/similar", params={"k": 6, "label": item["label"]}).json()
+    same = client.get("/v1/items/5/similar", query_string={"k": 6, "label": item["label"]}).json
     assert {h["label"] for h in same["results"]} == {item["label"]}
 
 
-def test_stats(api, catalog):
-    r = api.get("/v1/stats")
+def test_stats(client):
+    r = client.get("/v1/stats")
     assert r.status_code == 200
-    s = r.json()
+    s = r.json
     assert s["items"] == 48 and sum(s["labels"].values()) == 48 and len(s["labels"]) == 6
     assert s["dim"] > 0 and s["metric"] == "cosine" and s["score_kind"] == "similarity"
     assert s["model"]["fingerprint"] == s["index"]["model_fingerprint"] and s["model"]["arch"] == "conv-ae"
@@ -186,11 +206,11 @@ def test_stats(api, catalog):
     assert s["limits"]["max_content_length"] == SMALL_BODY_LIMIT and s["limits"]["max_k"] == 100
 
 
-def test_metrics(api, catalog):
-    api.post("/v1/search", files={"image": catalog.query_bytes()})
-    api.post("/v1/search", files={"image": ("x.txt", b"hello")})
-    api.get("/no/such/page")
-    text = api.get("/metrics").text
+def test_metrics(client, catalog):
+    client.post("/v1/search", data={"image": upload(catalog.query_bytes())})
+    client.post("/v1/search", data={"image": upload(b"hello", "x.txt")})
+    client.get("/no/such/page")
+    text = client.get("/metrics").text
     assert 'imgrec_http_requests_total{endpoint="/v1/search",method="POST",status="200"}' in text
     assert 'imgrec_http_requests_total{endpoint="/v1/search",method="POST",status="415"}' in text
     assert 'imgrec_http_requests_total{endpoint="unmatched",method="GET",status="404"}' in text
@@ -199,12 +219,13 @@ def test_metrics(api, catalog):
     assert "imgrec_index_generation 1.0" in text
 
 
-def test_docs_are_served_locally(api):
-    page = api.get("/docs")
+def test_docs_are_served_locally(client):
+    page = client.get("/docs")
     assert page.status_code == 200
     assert "cdn" not in page.text.lower() and "docs/assets/swagger-ui-bundle.js" in page.text
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
-        assert api.get(f"/docs/assets/{asset}").status_code == 200
+        with client.get(f"/docs/assets/{asset}") as r:
+            assert r.status_code == 200
 
 
 def test_default_body_limit_is_20_mb():
@@ -220,38 +241,45 @@ def test_default_body_limit_is_20_mb():
     ("request_kwargs", "status"),
     [
         ({}, 400),  # no body
-        ({"files": {"photo": b"..."}}, 400),  # multipart without `image`
-        ({"files": {"image": ("empty.jpg", b"")}}, 400),
-        ({"params": {"k": 0}, "files": {"image": png_bytes()}}, 400),
-        ({"params": {"k": 101}, "files": {"image": png_bytes()}}, 400),
-        ({"params": {"k": "ten"}, "files": {"image": png_bytes()}}, 400),
-        ({"params": {"k": "-3"}, "files": {"image": png_bytes()}}, 400),
-        ({"files": {"image": ("notes.txt", b"just some text\n", "text/plain")}}, 415),
-        ({"data": b"just some text\n", "headers": {"Content-Type": "text/plain"}}, 415),
-        ({"data": b'{"image": 1}', "headers": {"Content-Type": "application/json"}}, 415),
-        ({"data": b"GIF89a-not-really", "headers": {"Content-Type": "image/gif"}}, 415),
-        ({"files": {"image": ("bomb.png", declared_bomb_png())}}, 422),
-        ({"data": declared_bomb_png(), "headers": {"Content-Type": "image/png"}}, 422),
+        ({"data": {"photo": (b"...", "photo")}}, 400),  # multipart without `image`
+        ({"data": {"image": (b"", "empty.jpg")}}, 400),
+        ({"query_string": {"k": 0}, "data": {"image": (png_bytes(), "image")}}, 400),
+        ({"query_string": {"k": 101}, "data": {"image": (png_bytes(), "image")}}, 400),
+        ({"query_string": {"k": "ten"}, "data": {"image": (png_bytes(), "image")}}, 400),
+        ({"query_string": {"k": "-3"}, "data": {"image": (png_bytes(), "image")}}, 400),
+        ({"data": {"image": (b"just some text\n", "notes.txt", "text/plain")}}, 415),
+        ({"data": b"just some text\n", "content_type": "text/plain"}, 415),
+        ({"data": b'{"image": 1}', "content_type": "application/json"}, 415),
+        ({"data": b"GIF89a-not-really", "content_type": "image/gif"}, 415),
+        ({"data": {"image": (declared_bomb_png(), "bomb.png")}}, 422),
+        ({"data": declared_bomb_png(), "content_type": "image/png"}, 422),
     ],
     ids=[
         "no-body", "no-image-field", "empty-image", "k-zero", "k-too-big", "k-not-int", "k-negative",
         "text-file", "text-body", "json-body", "fake-gif", "declared-bomb", "declared-bomb-raw",
     ],
 )  # fmt: skip
-def test_search_rejects_bad_input(api, request_kwargs, status):
-    assert_error(api.post("/v1/search", **request_kwargs), status)
+def test_search_rejects_bad_input(client, request_kwargs, status):
+    if isinstance(request_kwargs.get("data"), dict):  # (bytes, name[, type]): fresh file objects each run
+        request_kwargs = {
+            **request_kwargs,
+            "data": {k: upload(*v) for k, v in request_kwargs["data"].items()},
+        }
+    assert_error(client.post("/v1/search", **request_kwargs), status)
 
 
-def test_truncated_jpeg_is_415(api, catalog):
+def test_truncated_jpeg_is_415(client, catalog):
     data = catalog.query_bytes()
-    body = assert_error(api.post("/v1/search", files={"image": ("cut.jpg", data[: len(data) // 2])}), 415)
+    body = assert_error(
+        client.post("/v1/search", data={"image": upload(data[: len(data) // 2], "cut.jpg")}), 415
+    )
     assert body["error"] == "unsupported_media_type"
 
 
-def test_real_decompression_bomb_is_422(api):
+def test_real_decompression_bomb_is_422(client):
     data = real_bomb_png()
     assert len(data) < SMALL_BODY_LIMIT
-    body = assert_error(api.post("/v1/search", files={"image": ("bomb.png", data)}), 422)
+    body = assert_error(client.post("/v1/search", data={"image": upload(data, "bomb.png")}), 422)
     assert "pixels" in body["message"] and body["error"] == "unprocessable_entity"
 
 
@@ -263,33 +291,36 @@ def test_oversized_body_is_413(api):
     assert_error(api.post("/v1/search/batch", files=[("images", ("big.jpg", big))]), 413)
 
 
-def test_batch_rejects_empty_and_too_many(api, app):
-    assert_error(api.post("/v1/search/batch"), 400)
-    assert_error(api.post("/v1/search/batch", files={"other": b"x"}), 400)
-    too_many = [("images", (f"{i}.png", png_bytes())) for i in range(app.config["MAX_BATCH_IMAGES"] + 1)]
-    assert_error(api.post("/v1/search/batch", files=too_many), 400)
-    assert_error(api.post("/v1/search/batch", params={"k": 0}, files={"images": png_bytes()}), 400)
+def test_batch_rejects_empty_and_too_many(client, app):
+    assert_error(client.post("/v1/search/batch"), 400)
+    assert_error(client.post("/v1/search/batch", data={"other": upload(b"x", "other")}), 400)
+    too_many = [upload(png_bytes(), f"{i}.png") for i in range(app.config["MAX_BATCH_IMAGES"] + 1)]
+    assert_error(client.post("/v1/search/batch", data={"images": too_many}), 400)
+    zero_k = client.post(
+        "/v1/search/batch", query_string={"k": 0}, data={"images": upload(png_bytes(), "images")}
+    )
+    assert_error(zero_k, 400)
 
 
 @pytest.mark.parametrize("url", ["/v1/items/999999", "/v1/items/9223372036854775808", "/v1/items/0"])
 @pytest.mark.parametrize("suffix", ["", "/image", "/thumbnail", "/similar"])
-def test_unknown_item_is_404(api, url, suffix):
-    body = assert_error(api.get(url + suffix), 404)
+def test_unknown_item_is_404(client, url, suffix):
+    body = assert_error(client.get(url + suffix), 404)
     assert body["error"] == "not_found"
 
 
-def test_similar_bad_k_is_400(api):
-    assert_error(api.get("/v1/items/1/similar", params={"k": 0}), 400)
-    assert_error(api.get("/v1/items/1/similar", params={"k": 1000}), 400)
+def test_similar_bad_k_is_400(client):
+    assert_error(client.get("/v1/items/1/similar", query_string={"k": 0}), 400)
+    assert_error(client.get("/v1/items/1/similar", query_string={"k": 1000}), 400)
 
 
-def test_wrong_method_is_json_405(api):
-    assert_error(api.get("/v1/search"), 405)
-    assert_error(api.put("/v1/items/1"), 405)  # DELETE is a write now (tests/test_live.py)
+def test_wrong_method_is_json_405(client):
+    assert_error(client.get("/v1/search"), 405)
+    assert_error(client.put("/v1/items/1"), 405)  # DELETE is a write now (tests/test_live.py)
 
 
 def test_no_index_is_503_until_one_is_published(make_app, serve, catalog, tmp_path):
-    from tests.conftest import Api, build_index
+    from tests.support import Api, build_index
 
     app = make_app(INDEX=str(tmp_path / "index"), RELOAD_INTERVAL=0.1)
     with Api(serve(app)) as api:
@@ -361,9 +392,9 @@ def test_catalog_path_outside_the_inventory_is_404(app, catalog):
             assert e.value.status_code == 404
 
 
-def test_query_filename_is_never_used_as_a_path(api, catalog):
-    r = api.post("/v1/search", files={"image": ("../../../../etc/passwd", catalog.query_bytes())})
-    assert r.status_code == 200 and r.json()["query"]["filename"] == "../../../../etc/passwd"
+def test_query_filename_is_never_used_as_a_path(client, catalog):
+    r = client.post("/v1/search", data={"image": upload(catalog.query_bytes(), "../../../../etc/passwd")})
+    assert r.status_code == 200 and r.json["query"]["filename"] == "../../../../etc/passwd"
 
 
 # --- concurrency: micro-batching returns each answer to its own request ---------------------
@@ -372,7 +403,7 @@ def test_query_filename_is_never_used_as_a_path(api, catalog):
 def test_concurrent_requests_get_their_own_answers(make_app, serve, catalog):
     app = make_app(INDEX=str(catalog.index), RELOAD_INTERVAL=0, BATCH_WINDOW_MS=20, MAX_BATCH=8)
     paths = catalog.query_paths()
-    from tests.conftest import Api
+    from tests.support import Api
 
     with Api(serve(app, threads=12)) as api:
         expected = {
@@ -405,43 +436,37 @@ def test_serve_command_help():
 # --- approximate indexes: per-request search knobs -----------------------------------------
 
 
-def test_search_knobs_of_other_index_types_are_ignored(api, catalog):
-    image = {"image": catalog.query_bytes()}
-    plain = api.post("/v1/search", files=image).json()
-    tuned = api.post("/v1/search", params={"nprobe": 4, "ef_search": 16}, files=image).json()
+def test_search_knobs_of_other_index_types_are_ignored(client, catalog):
+    def image() -> dict:
+        return {"image": upload(catalog.query_bytes())}
+
+    plain = client.post("/v1/search", data=image()).json
+    tuned = client.post("/v1/search", query_string={"nprobe": 4, "ef_search": 16}, data=image()).json
     assert [h["id"] for h in tuned["results"]] == [h["id"] for h in plain["results"]]
     assert tuned["index"]["index_type"] == "flat"
-    assert api.get("/v1/items/1/similar", params={"ef_search": 16}).status_code == 200
-    assert_error(api.post("/v1/search", params={"ef_search": 0}, files=image), 400)
-    assert_error(api.get("/v1/items/1/similar", params={"nprobe": -1}), 400)
+    assert client.get("/v1/items/1/similar", query_string={"ef_search": 16}).status_code == 200
+    assert_error(client.post("/v1/search", query_string={"ef_search": 0}, data=image()), 400)
+    assert_error(client.get("/v1/items/1/similar", query_string={"nprobe": -1}), 400)
 
 
-def test_ivf_index_takes_nprobe(make_app, serve, catalog, tmp_path):
+def test_ivf_index_takes_nprobe(make_app, catalog, tmp_path):
     from indexer import IndexOptions, run_index
-    from tests.conftest import Api
+
+    def image() -> dict:
+        return {"image": upload(catalog.query_bytes())}
 
     run_index(catalog.inventory, catalog.model, tmp_path / "ivf", IndexOptions(index_type="ivf"))
-    app = make_app(INDEX=str(tmp_path / "ivf"), RELOAD_INTERVAL=0)
-    with Api(serve(app)) as api:
-        assert api.get("/v1/stats").json()["index_type"] == "ivf"
-        image = {"image": catalog.query_bytes()}
-        plain = api.post("/v1/search", params={"k": 5}, files=image).json()
-        probed = api.post("/v1/search", params={"k": 5, "nprobe": 8}, files=image).json()
-        assert len(plain["results"]) == len(probed["results"]) == 5
-        similar = api.get("/v1/items/3/similar", params={"k": 4, "nprobe": 8})
-        assert similar.status_code == 200 and len(similar.json()["results"]) == 4
-        assert api.post("/v1/search", params={"ef_search": 8}, files=image).status_code == 200
+    client = make_app(INDEX=str(tmp_path / "ivf"), RELOAD_INTERVAL=0).test_client()
+    assert client.get("/v1/stats").json["index_type"] == "ivf"
+    plain = client.post("/v1/search", query_string={"k": 5}, data=image()).json
+    probed = client.post("/v1/search", query_string={"k": 5, "nprobe": 8}, data=image()).json
+    assert len(plain["results"]) == len(probed["results"]) == 5
+    similar = client.get("/v1/items/3/similar", query_string={"k": 4, "nprobe": 8})
+    assert similar.status_code == 200 and len(similar.json["results"]) == 4
+    assert client.post("/v1/search", query_string={"ef_search": 8}, data=image()).status_code == 200
 
 
 # --- production server -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_gunicorn_serves_the_app_with_its_settings(catalog, tmp_path):

@@ -1,18 +1,17 @@
 """The API refuses a damaged generation and keeps serving the old one (issue 10, item 6).
 
-Real servers (waitress, `serve`), real index files damaged in real ways (`tests/damaging.py`).
+Real servers (waitress, `serve`), real index files damaged in real ways (`tests/support.py`).
 The engine's poller is off (RELOAD_INTERVAL=0): each test calls `reload()` itself, as the poller
 would, once the new generation has been damaged.
 """
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
-from tests.conftest import Api, build_index
-from tests.damaging import KINDS, damage
-from tests.indexing_fixtures import copy_index
-from tests.test_api_reload import add_images
+from tests.support import KINDS, Api, add_images, build_index, copy_index, damage
 
 REFUSED = 'imgrec_index_generations_refused_total{damage="%s"} 1.0'
 
@@ -77,21 +76,21 @@ def test_a_damaged_catalog_while_serving(make_app, serve, fresh_index, catalog):
         ("model-missing", "the index's model copy models/"),
     ],
 )
-def test_a_server_started_on_a_damaged_index_says_why(kind, reason, make_app, serve, catalog, tmp_path):
+def test_a_server_started_on_a_damaged_index_says_why(kind, reason, make_app, catalog, tmp_path):
     assert kind in KINDS
     copy_index(catalog.index, tmp_path / "index")
     damage(tmp_path / "index", kind)
-    app = make_app(INDEX=str(tmp_path / "index"), RELOAD_INTERVAL=0)
-    with Api(serve(app)) as api:
-        ready = api.get("/readyz")
-        assert ready.status_code == 503, ready.text
-        message = ready.json()["message"]
-        assert message.startswith("no index loaded: ") and reason in message and "imgrec verify" in message
-        stats = api.get("/v1/stats")
-        assert stats.status_code == 503 and stats.json()["message"] == message
-        assert api.post("/v1/search", files={"image": catalog.query_bytes()}).status_code == 503
-        assert api.get("/healthz").status_code == 200
-        assert "imgrec_index_generations_refused_total" in api.get("/metrics").text
+    client = make_app(INDEX=str(tmp_path / "index"), RELOAD_INTERVAL=0).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    message = ready.json["message"]
+    assert message.startswith("no index loaded: ") and reason in message and "imgrec verify" in message
+    stats = client.get("/v1/stats")
+    assert stats.status_code == 503 and stats.json["message"] == message
+    image = (io.BytesIO(catalog.query_bytes()), "image")
+    assert client.post("/v1/search", data={"image": image}).status_code == 503
+    assert client.get("/healthz").status_code == 200
+    assert "imgrec_index_generations_refused_total" in client.get("/metrics").text
 
 
 @pytest.mark.slow  # ~40 s: gunicorn's two workers load torch and the index
@@ -110,7 +109,7 @@ def test_gunicorn_workers_refuse_a_truncated_segment(fresh_index, catalog, tmp_p
 
     import requests
 
-    from tests.test_api import free_port
+    from tests.support import free_port
 
     served = fresh_index.index
     port, log_path = free_port(), tmp_path / "gunicorn.log"

@@ -28,9 +28,7 @@ import pytest
 import requests
 
 from indexer import IndexOptions, open_snapshot, run_index
-from tests.conftest import Api
-from tests.hostile_files import jpeg_bytes, many_scans_jpeg, padded_png
-from tests.indexing_fixtures import make_inventory, make_model_dir, write_image
+from tests.support import Api, jpeg_bytes, make_inventory, many_scans_jpeg, padded_png, write_image
 
 BODY_LIMIT = 2 * 1024 * 1024  # MAX_CONTENT_LENGTH of the servers here
 ERROR_KEYS = {"error", "message"}
@@ -56,7 +54,7 @@ class Hostile:
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
+def hostile(tmp_path_factory: pytest.TempPathFactory, model: Path) -> Hostile:
     root = tmp_path_factory.mktemp("hostile-api")
     inventory = root / "inventory"
     make_inventory(inventory, 12)
@@ -72,7 +70,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
     outside = root / "outside"
     write_image(outside / "victim.jpg", seed=999, size=40)  # what must never be served
     index = root / "index"
-    run_index(inventory, make_model_dir(root / "model"), index)
+    run_index(inventory, model, index)
     snap = open_snapshot(index, mmap=False)
     try:
         ids = {info.path: info.id for info in snap.items(snap.live_ids().tolist()).values()}
@@ -90,10 +88,11 @@ def hostile_api(hostile: Hostile, make_app, serve) -> Iterator[Api]:
         yield api
 
 
-def assert_error(response: requests.Response, status: int) -> dict:
+def assert_error(response, status: int) -> dict:
+    """The JSON error of a requests or a test-client response."""
     assert response.status_code == status, response.text[:500]
     assert response.headers["Content-Type"].startswith("application/json")
-    body = response.json()
+    body = response.get_json() if hasattr(response, "get_json") else response.json()
     assert set(body) >= ERROR_KEYS and body["message"], body
     return body
 
@@ -381,15 +380,14 @@ def test_file_names_are_servable_through_gunicorn(hostile, gunicorn_url):
 
 
 @pytest.fixture(scope="module")
-def ann_apis(hostile: Hostile, tmp_path_factory, make_app, serve) -> dict[str, Api]:
-    """The hostile inventory indexed as hnsw and as ivf, each served by waitress."""
+def ann_clients(hostile: Hostile, tmp_path_factory, make_app, model) -> dict:
+    """The hostile inventory indexed as hnsw and as ivf, each app's test client."""
     root = tmp_path_factory.mktemp("ann")
-    model = make_model_dir(root / "model")
-    apis = {}
+    clients = {}
     for kind in ("hnsw", "ivf"):
         run_index(hostile.inventory, model, root / kind, IndexOptions(index_type=kind))
-        apis[kind] = Api(serve(make_app(INDEX=str(root / kind), RELOAD_INTERVAL=0)))
-    return apis
+        clients[kind] = make_app(INDEX=str(root / kind), RELOAD_INTERVAL=0).test_client()
+    return clients
 
 
 HUGE = [str(2**31 - 1), str(2**31), str(2**63), str(2**64), "1" + "0" * 400]
@@ -401,23 +399,30 @@ PAST_BOUNDS = [("hnsw", "ef_search", v) for v in ["4097", *HUGE]] + [
 @pytest.mark.parametrize(
     ("kind", "knob", "value"), PAST_BOUNDS, ids=[f"{k}-{v[:12]}" for _, k, v in PAST_BOUNDS]
 )
-def test_search_knobs_past_their_bounds_are_400(ann_apis, kind, knob, value):
-    api = ann_apis[kind]
-    image = {"image": jpeg_bytes((200, 40, 40))}
-    body = assert_error(api.post("/v1/search", params={knob: value}, files=image), 400)
+def test_search_knobs_past_their_bounds_are_400(ann_clients, kind, knob, value):
+    client = ann_clients[kind]
+    data = jpeg_bytes((200, 40, 40))
+    search = client.post(
+        "/v1/search", query_string={knob: value}, data={"image": (io.BytesIO(data), "image")}
+    )
+    body = assert_error(search, 400)
     assert knob in body["message"]
-    assert_error(api.get("/v1/items/1/similar", params={knob: value}), 400)
-    assert_error(api.post("/v1/search/batch", params={knob: value}, files={"images": image["image"]}), 400)
+    assert_error(client.get("/v1/items/1/similar", query_string={knob: value}), 400)
+    batch = client.post(
+        "/v1/search/batch", query_string={knob: value}, data={"images": (io.BytesIO(data), "images")}
+    )
+    assert_error(batch, 400)
 
 
 @pytest.mark.parametrize(("kind", "knob", "top"), [("hnsw", "ef_search", 4096), ("ivf", "nprobe", 65536)])
-def test_search_knobs_at_their_bounds_answer(ann_apis, kind, knob, top):
-    r = ann_apis[kind].post("/v1/search", params={knob: top, "k": 5}, files={"image": jpeg_bytes((9, 9, 9))})
-    assert r.status_code == 200 and len(r.json()["results"]) == 5, r.text
+def test_search_knobs_at_their_bounds_answer(ann_clients, kind, knob, top):
+    image = (io.BytesIO(jpeg_bytes((9, 9, 9))), "image")
+    r = ann_clients[kind].post("/v1/search", query_string={knob: top, "k": 5}, data={"image": image})
+    assert r.status_code == 200 and len(r.json["results"]) == 5, r.text
 
 
-def test_search_knob_bounds_are_in_the_openapi_document(hostile_api):
-    spec = hostile_api.get("/openapi.json").json()
+def test_search_knob_bounds_are_in_the_openapi_document(client):
+    spec = client.get("/openapi.json").json
     for path, method in (
         ("/v1/search", "post"),
         ("/v1/search/batch", "post"),

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
+import io
 import threading
 import time
 
-from tests.conftest import Api, build_index
-
-
-def add_images(catalog, inventory) -> int:
-    """Copy the held-back queries into the inventory (new items for the next generation)."""
-    paths = catalog.query_paths()
-    for p in paths:
-        shutil.copy(p, inventory / p.parent.name / f"new-{p.name}")
-    return len(paths)
+from tests.support import Api, add_images, build_index
 
 
 def test_new_generation_is_served_while_requests_run(make_app, serve, fresh_index, catalog):
@@ -139,14 +131,14 @@ def corrupt_current_faiss(index_dir) -> None:
     os.replace(str(path) + ".bad", path)
 
 
-def test_an_inconsistent_index_is_not_served(make_app, serve, fresh_index, catalog):
+def test_an_inconsistent_index_is_not_served(make_app, fresh_index, catalog):
     corrupt_current_faiss(fresh_index.index)
-    app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0)
-    with Api(serve(app)) as api:
-        r = api.get("/readyz")
-        assert r.status_code == 503 and "refused: generation 1: segment segments/" in r.json()["message"]
-        assert api.post("/v1/search", files={"image": catalog.query_bytes()}).status_code == 503
-        assert api.get("/healthz").status_code == 200
+    client = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0).test_client()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "refused: generation 1: segment segments/" in r.json["message"]
+    image = (io.BytesIO(catalog.query_bytes()), "image")
+    assert client.post("/v1/search", data={"image": image}).status_code == 503
+    assert client.get("/healthz").status_code == 200
 
 
 def test_an_inconsistent_new_generation_keeps_the_old_one_serving(make_app, serve, fresh_index, catalog):

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from indexing_fixtures import make_inventory, make_model_dir, write_image
 
 from imgrec.cli import cli
 from indexer import IndexOptions, open_snapshot, run_index
 from indexer.db import open_database
 from indexer.products import attribute_facets
+from tests.support import make_inventory, write_image
 
 FIELDS = ["product_id", "image", "title", "price", "color"]
 
@@ -41,10 +41,9 @@ def shop_rows(images: list[str]) -> list[dict]:
 
 
 @pytest.fixture
-def shop(tmp_path):
+def shop(tmp_path, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     images = sorted(p.relative_to(inventory).as_posix() for p in make_inventory(inventory, 8))
-    model = make_model_dir(tmp_path / "model")
     return inventory, model, index, images
 
 
@@ -156,13 +155,12 @@ def test_without_a_catalog_nothing_changes(shop):
         snap.close()
 
 
-def test_nothing_indexable_exits_non_zero(tmp_path):
+def test_nothing_indexable_exits_non_zero(tmp_path, model):
     inventory = tmp_path / "inventory"
     inventory.mkdir()
     (inventory / "notes.txt").write_text("not an image")
     cat = tmp_path / "shop.jsonl"
     cat.write_text(json.dumps({"product_id": "A", "image": "notes.txt"}) + "\n")
-    model = make_model_dir(tmp_path / "model")
     out = CliRunner().invoke(
         cli,
         ["index", "--inventory", str(inventory), "--model", str(model), "--index", str(tmp_path / "ix"),

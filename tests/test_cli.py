@@ -10,14 +10,13 @@ from encoder import load_image
 from imgrec.cli import cli
 from indexer import open_snapshot
 from indexer.grids import result_grid
-from tests.support import tiny_catalog
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, catalog):
     """Train and index through the CLI once for this module."""
     tmp = tmp_path_factory.mktemp("cli")
-    inventory, queries = tiny_catalog()
+    inventory, queries = catalog.inventory, catalog.queries
     runner = CliRunner()
     train = runner.invoke(
         cli,

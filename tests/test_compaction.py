@@ -12,11 +12,10 @@ from indexer import faiss_index as fi
 from indexer.compaction import MergePolicy
 from indexer.db import WAL_CHECKPOINT_BYTES
 from indexer.segments import SegmentInfo
-from tests.indexing_fixtures import (
+from tests.support import (
     assert_same_index,
     forkserver,
     index_contents,
-    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_model_dir,
     seed_embedder,
     write_seed_file,
@@ -94,8 +93,7 @@ def test_a_first_build_needs_at_most_twice_the_final_disk(tmp_path, monkeypatch)
         ("indexer.job:prune", True),  # the merge committed, its inputs not yet deleted
     ],
 )
-def test_kill_during_a_merge(tmp_path, die_at, merged):
-    model = make_model_dir(tmp_path / "model")
+def test_kill_during_a_merge(tmp_path, die_at, merged, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     seed_inventory(inventory, 30)
     policy = MergePolicy(factor=3, floor=5)
@@ -135,13 +133,12 @@ def _index_child(inventory, model, index, policy, log, die_at):  # noqa: ANN001,
     run_index(inventory, model, index, IndexOptions(merge_policy=policy), embedder=seed_embedder)
 
 
-def test_compaction_keeps_rollback_to_the_run_before(tmp_path):
+def test_compaction_keeps_rollback_to_the_run_before(tmp_path, model):
     """A merge is not a rollback target: rollback undoes the run that published and merged."""
     from click.testing import CliRunner
 
     from imgrec.cli import cli
 
-    model = make_model_dir(tmp_path / "model")
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     seed_inventory(inventory, 40)
     policy = MergePolicy(factor=2, floor=5)

@@ -24,7 +24,7 @@ from indexer import IndexOptions, current_generation_id, open_snapshot, run_inde
 from indexer.db import open_database
 from indexer.generations import current_generation, live_segment_files
 from indexer.store import has_catalog
-from tests.indexing_fixtures import (
+from tests.support import (
     assert_same_index,
     cli_child,
     copy_index,
@@ -32,9 +32,7 @@ from tests.indexing_fixtures import (
     full_rebuild,
     imgrec_command,
     index_contents,
-    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
-    make_model_dir,
     mutate_inventory,
 )
 
@@ -120,11 +118,10 @@ def check_after_kill(
     return landed
 
 
-def kill_loop(tmp: Path, n_images: int, n_kills: int, seed: int) -> KillStats:
+def kill_loop(tmp: Path, model: Path, n_images: int, n_kills: int, seed: int) -> KillStats:
     """Index a changing folder, SIGKILLing the indexer at random moments, checking after each kill."""
     rng = np.random.default_rng(seed)
     ctx = forkserver()
-    model = make_model_dir(tmp / "model")
     inventory, index, log = tmp / "inventory", tmp / "index", str(tmp / "indexer.log")
     make_inventory(inventory, n_images)
     next_seed = n_images
@@ -188,8 +185,8 @@ def kill_loop(tmp: Path, n_images: int, n_kills: int, seed: int) -> KillStats:
     return stats
 
 
-def test_random_kills_leave_a_consistent_index_that_resumes(tmp_path):
-    stats = kill_loop(tmp_path, n_images=300, n_kills=CI_KILLS, seed=1)
+def test_random_kills_leave_a_consistent_index_that_resumes(tmp_path, model):
+    stats = kill_loop(tmp_path, model, n_images=300, n_kills=CI_KILLS, seed=1)
     print(f"\ncrash test: {stats}")
     assert stats.kills >= CI_KILLS
     assert not stats.inconsistent, "\n".join(stats.inconsistent)
@@ -197,16 +194,15 @@ def test_random_kills_leave_a_consistent_index_that_resumes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_random_kills_long(tmp_path):
-    stats = kill_loop(tmp_path, n_images=600, n_kills=SLOW_KILLS, seed=2)
+def test_random_kills_long(tmp_path, model):
+    stats = kill_loop(tmp_path, model, n_images=600, n_kills=SLOW_KILLS, seed=2)
     print(f"\ncrash test (long): {stats}")
     assert not stats.inconsistent, "\n".join(stats.inconsistent)
 
 
-def test_kill_real_command(tmp_path):
+def test_kill_real_command(tmp_path, model):
     """The installed `imgrec index` command, killed after start-up at a random moment, twice."""
     rng = np.random.default_rng(3)
-    model = make_model_dir(tmp_path / "model")
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     make_inventory(inventory, 200)
     cmd = imgrec_command() + ["index", "--inventory", str(inventory), "--model", str(model)]
@@ -233,8 +229,7 @@ def test_kill_real_command(tmp_path):
         ("indexer.job:prune", True),  # committed, old generations not yet pruned
     ],
 )
-def test_kill_at_exact_points(tmp_path, die_at, new_is_current):
-    model = make_model_dir(tmp_path / "model")
+def test_kill_at_exact_points(tmp_path, die_at, new_is_current, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     make_inventory(inventory, 20)
     first = run_index(inventory, model, index).generation_id
@@ -275,8 +270,7 @@ def test_kill_at_exact_points(tmp_path, die_at, new_is_current):
     assert on_disk == live == current, (on_disk, live, current, summary)  # keep 1: the current's only
 
 
-def test_orphans_are_cleaned_by_the_next_run(tmp_path):
-    model = make_model_dir(tmp_path / "model")
+def test_orphans_are_cleaned_by_the_next_run(tmp_path, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     make_inventory(inventory, 10)
     run_index(inventory, model, index)
@@ -297,8 +291,7 @@ def test_orphans_are_cleaned_by_the_next_run(tmp_path):
     assert len(index_contents(index)) == 10
 
 
-def test_stale_catalog_temp_is_removed_when_the_catalog_is_created(tmp_path):
-    model = make_model_dir(tmp_path / "model")
+def test_stale_catalog_temp_is_removed_when_the_catalog_is_created(tmp_path, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     make_inventory(inventory, 3)
     index.mkdir()

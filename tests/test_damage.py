@@ -1,7 +1,7 @@
 """Damage at rest gives one clear line, a distinct exit code and the next step, from every command
 (issue 10, items 6 and 7); `imgrec verify --repair` repairs what can be repaired.
 
-Real indexes are damaged in real ways (`tests/damaging.py`), then the real commands run: through
+Real indexes are damaged in real ways (`tests/support.py`), then the real commands run: through
 click's CliRunner in this process, and `imgrec serve` as a subprocess (it must exit, not serve).
 """
 
@@ -18,9 +18,16 @@ from click.testing import CliRunner, Result
 from imgrec.cli import cli
 from imgrec.exit_codes import ExitCode
 from indexer import current_generation_id, run_index
-from tests.damaging import KINDS, damage, remove_model_copy
-from tests.indexing_fixtures import copy_index, imgrec_command, make_inventory, make_model_dir
-from tests.test_disk_full import fill, small_disk  # noqa: F401 - a fixture
+from tests.support import (
+    KINDS,
+    copy_index,
+    damage,
+    fill,
+    imgrec_command,
+    make_inventory,
+    make_model_dir,
+    remove_model_copy,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +38,9 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+def built(tmp_path_factory: pytest.TempPathFactory, model) -> Built:
     """An index with two generations: 20 items, then 5 more (a new segment only the second lists)."""
     root = tmp_path_factory.mktemp("damage")
-    model = make_model_dir(root / "model")
     make_inventory(root / "inventory", 20)
     run_index(root / "inventory", model, root / "index")
     make_inventory(root / "inventory", 5, start=100)

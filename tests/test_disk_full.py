@@ -7,58 +7,18 @@ stays current and intact, and the next run after space is freed completes.
 
 from __future__ import annotations
 
-import errno
-import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from indexer import current_generation_id, open_snapshot, run_index
-from tests.indexing_fixtures import (
+from tests.support import (
     assert_same_index,
+    fill,
     full_rebuild,
     imgrec_command,
     index_contents,
     make_inventory,
-    make_model_dir,
 )
-
-TMPFS_SIZE = "2m"
-
-
-@pytest.fixture()
-def small_disk(tmp_path) -> Path:
-    """A 2 MB tmpfs mounted for the test (needs root and a kernel that lets it mount)."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root: the disk-full test cannot run here")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full test cannot run")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the disk is full; returns it (delete it to free the space)."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def imgrec_index(inventory: Path, model: Path, index: Path) -> subprocess.CompletedProcess:
@@ -74,8 +34,7 @@ def imgrec_index(inventory: Path, model: Path, index: Path) -> subprocess.Comple
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def test_disk_full_keeps_the_previous_generation(tmp_path, small_disk):
-    model = make_model_dir(tmp_path / "model")
+def test_disk_full_keeps_the_previous_generation(tmp_path, small_disk, model):
     inventory, index = tmp_path / "inventory", small_disk / "index"
     make_inventory(inventory, 30)
     gen = run_index(inventory, model, index).generation_id

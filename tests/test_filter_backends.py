@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from products_support import ItemRow, ProductRow, clear, insert_catalog, products_database
 from sqlalchemy.orm import Session
 
 from indexer import filter_columns
@@ -29,6 +28,7 @@ from indexer.filter_columns import (
 )
 from indexer.filter_sql import attribute_types_of, item_condition, product_condition
 from indexer.filters import ITEM_FIELDS, And, Compare, Expr, In, Not, Or, parse_filter
+from tests.support import ItemRow, ProductRow, clear, insert_catalog, products_database
 
 ITEMS = Item.__table__
 

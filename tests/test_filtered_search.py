@@ -13,8 +13,6 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from indexing_fixtures import make_inventory, make_model_dir
-from products_support import ProductRow, insert_catalog
 from sqlalchemy.orm import Session
 from test_filter_backends import by_type, expressions, strings
 
@@ -23,15 +21,15 @@ from indexer.db import Item, open_database
 from indexer.filter_sql import item_condition
 from indexer.filters import FilterError, to_text
 from indexer.querying import SearchOptions, plan_search, search
+from tests.support import ProductRow, insert_catalog, make_inventory
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory):
+def index(tmp_path_factory, model):
     """40 images indexed, then 6 deleted and 6 added: two segments, one with a deletion set."""
     root = tmp_path_factory.mktemp("filtered")
     inventory, index = root / "inventory", root / "index"
     files = make_inventory(inventory, 40)
-    model = make_model_dir(root / "model")
     run_index(inventory, model, index, IndexOptions(compact=False))
     for f in files[::7]:
         f.unlink()

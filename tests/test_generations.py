@@ -14,22 +14,15 @@ from indexer import IndexOptions, current_generation_id, open_snapshot, run_inde
 from indexer.compaction import MergePolicy
 from indexer.db import open_database
 from indexer.generations import live_segment_files
-from tests.indexing_fixtures import (
+from tests.support import (
     assert_same_index,
     full_rebuild,
     index_contents,
-    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
-    make_model_dir,
     write_image,
 )
 
 pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("model") / "model")
 
 
 def invoke(*args: str) -> str:

@@ -28,14 +28,13 @@ from imgrec.cli import cli
 from indexer import IndexOptions, open_snapshot, run_index
 from indexer.db import LedgerEntry, open_database
 from indexer.ingest import IngestLimits, embed_files
-from tests.hostile_files import many_scans_jpeg
-from tests.indexing_fixtures import (
+from tests.support import (
     assert_same_index,
     full_rebuild,
     imgrec_command,
     index_contents,
     make_inventory,
-    make_model_dir,
+    many_scans_jpeg,
     write_image,
 )
 
@@ -176,11 +175,6 @@ def ledger_of(index: Path) -> dict[str, tuple[str, str | None]]:
             return {e.path: (e.state, e.reason) for e in session.scalars(select(LedgerEntry))}
     finally:
         engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("model") / "model")
 
 
 def test_hostile_corpus(tmp_path, model):

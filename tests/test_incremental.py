@@ -13,23 +13,17 @@ from click.testing import CliRunner
 from imgrec.cli import cli
 from indexer import IndexLockedError, IndexOptions, ModelMismatchError, open_snapshot, run_index
 from indexer.generations import index_lock
-from tests.indexing_fixtures import (
+from tests.support import (
     assert_same_index,
     full_rebuild,
     imgrec_command,
     index_contents,
-    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
     make_model_dir,
     write_image,
 )
 
 pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("model") / "model")
 
 
 def test_add_change_delete_rename_equal_a_full_rebuild(tmp_path, model):

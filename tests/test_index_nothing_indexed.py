@@ -5,10 +5,10 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from imgrec.cli import cli
-from tests.indexing_fixtures import make_inventory, make_model_dir
+from tests.support import make_inventory
 
 
-def test_every_file_skipped_is_an_error_not_a_silent_empty_index(tmp_path):
+def test_every_file_skipped_is_an_error_not_a_silent_empty_index(tmp_path, model):
     outside = tmp_path / "outside"
     make_inventory(outside, 3)
     inventory = tmp_path / "inventory"
@@ -16,7 +16,6 @@ def test_every_file_skipped_is_an_error_not_a_silent_empty_index(tmp_path):
     for i, image in enumerate(sorted(p for p in outside.rglob("*") if p.is_file())):
         (inventory / f"link-{i}{image.suffix}").symlink_to(image)  # each points outside the inventory
     (inventory / "notes.txt").write_text("not an image")
-    model = make_model_dir(tmp_path / "model")
     args = ["index", "--inventory", str(inventory), "--model", str(model), "--index", str(tmp_path / "index")]
 
     result = CliRunner().invoke(cli, args)
@@ -26,11 +25,10 @@ def test_every_file_skipped_is_an_error_not_a_silent_empty_index(tmp_path):
     assert "symlink points outside the inventory" in result.output
 
 
-def test_a_run_with_one_good_file_succeeds(tmp_path):
+def test_a_run_with_one_good_file_succeeds(tmp_path, model):
     inventory = tmp_path / "inventory"
     make_inventory(inventory, 1)
     (inventory / "notes.txt").write_text("not an image")
-    model = make_model_dir(tmp_path / "model")
     args = ["index", "--inventory", str(inventory), "--model", str(model), "--index", str(tmp_path / "index")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -10,19 +10,18 @@ from sqlalchemy.orm import Session
 from encoder.preprocess import Preprocess
 from indexer import InconsistentIndexError, open_snapshot, run_index
 from indexer.db import Item, LedgerEntry, open_database
-from tests.support import tiny_catalog, tiny_model
 
 
 @pytest.fixture()
-def inventory(tmp_path):
-    src, _ = tiny_catalog()
+def inventory(tmp_path, catalog):
+    src = catalog.inventory
     dst = tmp_path / "inventory"
     shutil.copytree(src, dst)
     return dst
 
 
-def test_every_faiss_id_is_a_row_and_every_row_is_in_faiss(inventory, tmp_path):
-    summary = run_index(inventory, tiny_model(), tmp_path / "index")
+def test_every_faiss_id_is_a_row_and_every_row_is_in_faiss(inventory, tmp_path, catalog):
+    summary = run_index(inventory, catalog.model, tmp_path / "index")
     n_files = len(list(inventory.rglob("*.jpg")))
     assert summary.added == n_files and summary.skipped == 0
 
@@ -41,10 +40,10 @@ def test_every_faiss_id_is_a_row_and_every_row_is_in_faiss(inventory, tmp_path):
     snap.close()
 
 
-def test_nearest_neighbour_of_an_inventory_image_is_itself(inventory, tmp_path):
+def test_nearest_neighbour_of_an_inventory_image_is_itself(inventory, tmp_path, catalog):
     run_index(
         inventory,
-        tiny_model(),
+        catalog.model,
         tmp_path / "index",
     )
     snap = open_snapshot(tmp_path / "index")
@@ -59,13 +58,13 @@ def test_nearest_neighbour_of_an_inventory_image_is_itself(inventory, tmp_path):
     snap.close()
 
 
-def test_bad_files_are_skipped_with_reasons(inventory, tmp_path):
+def test_bad_files_are_skipped_with_reasons(inventory, tmp_path, catalog):
     (inventory / "mugs" / "zero.jpg").write_bytes(b"")
     (inventory / "mugs" / "notes.jpg").write_text("this is not an image\n")
     good = (inventory / "mugs" / "mugs-000.jpg").read_bytes()
     (inventory / "mugs" / "truncated.jpg").write_bytes(good[: len(good) // 2])
 
-    summary = run_index(inventory, tiny_model(), tmp_path / "index")
+    summary = run_index(inventory, catalog.model, tmp_path / "index")
     reasons = dict(summary.problems)
     assert set(reasons) == {"mugs/zero.jpg", "mugs/notes.jpg", "mugs/truncated.jpg"}
     assert "empty" in reasons["mugs/zero.jpg"]
@@ -85,11 +84,11 @@ def test_bad_files_are_skipped_with_reasons(inventory, tmp_path):
     assert open_snapshot(tmp_path / "index").generation.item_count == n_good
 
 
-def test_l2_metric_reports_distances(inventory, tmp_path):
-    run_index(inventory, tiny_model(), tmp_path / "index", options=None)
+def test_l2_metric_reports_distances(inventory, tmp_path, catalog):
+    run_index(inventory, catalog.model, tmp_path / "index", options=None)
     from indexer import IndexOptions
 
-    run_index(inventory, tiny_model(), tmp_path / "l2", IndexOptions(metric="l2"))
+    run_index(inventory, catalog.model, tmp_path / "l2", IndexOptions(metric="l2"))
     snap = open_snapshot(tmp_path / "l2")
     assert snap.generation.metric == "l2" and snap.generation.score_kind == "distance"
     x = snap.vector(snap.item(1).id)[None]
@@ -99,8 +98,8 @@ def test_l2_metric_reports_distances(inventory, tmp_path):
     snap.close()
 
 
-def test_inconsistent_generation_is_refused(inventory, tmp_path):
-    run_index(inventory, tiny_model(), tmp_path / "index")
+def test_inconsistent_generation_is_refused(inventory, tmp_path, catalog):
+    run_index(inventory, catalog.model, tmp_path / "index")
     engine = open_database(tmp_path / "index")
     with engine.begin() as conn:  # the catalog drifts from the segments: item 1 deleted behind their back
         conn.execute(update(Item).where(Item.id == 1).values(deleted_generation=99))

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from encoder import load_encoder
-from indexer.ingest import ThreadTuner, decode_file, embed_files, torch_threads
+from indexer.ingest import ThreadTuner, decode_file, embed_files
 from indexer.scan import scan_inventory
-from tests.indexing_fixtures import make_inventory, make_model_dir
+from tests.support import make_inventory
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, object]:
+def setup(tmp_path_factory: pytest.TempPathFactory, model: Path) -> tuple[list, object]:
     root = tmp_path_factory.mktemp("perf")
     inventory = root / "inventory"
     make_inventory(inventory, 45)
@@ -27,7 +26,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, object]:
     (inventory / "bad" / "broken.jpg").write_bytes(b"not a jpeg at all")
     (inventory / "bad" / "empty.png").write_bytes(b"")
     (inventory / "bad" / "notes.txt").write_text("hello")
-    encoder = load_encoder(make_model_dir(root / "model"))
+    encoder = load_encoder(model)
     return list(scan_inventory(inventory)), encoder
 
 
@@ -85,26 +84,19 @@ class RecordingEncoder:
         return self.inner.embed(x)
 
 
-def test_torch_threads_applied_and_restored(setup) -> None:
+def test_the_thread_count_given_is_used_for_every_batch(setup) -> None:
     files, encoder = setup
-    before = torch.get_num_threads()
     rec = RecordingEncoder(encoder)
     list(embed_files(files, rec, batch_size=4, threads=1))
     assert rec.threads and set(rec.threads) == {1}
-    assert torch.get_num_threads() == before
-    with torch_threads(1) as n:
-        assert n == 1 and torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
 
 
 def test_closing_early_stops_the_producer(setup) -> None:
     files, encoder = setup
-    before = torch.get_num_threads()
     gen = embed_files(files, encoder, batch_size=2, workers=2, prefetch=1)
     next(gen)
     gen.close()
     assert not [t for t in threading.enumerate() if t.name.startswith(("embed-producer", "decode"))]
-    assert torch.get_num_threads() == before
 
 
 def test_errors_reach_the_caller(setup) -> None:
@@ -141,15 +133,13 @@ def test_tuner_with_one_candidate_never_explores() -> None:
     assert tuner.history == []
 
 
-def test_pipeline_vectors_match_under_run_index(setup, tmp_path: Path) -> None:
+def test_pipeline_vectors_match_under_run_index(setup, tmp_path: Path, model: Path) -> None:
     """The job's index holds exactly the serial vectors (through the pipelined default path)."""
     from indexer import open_snapshot, run_index
 
     files, encoder = setup
     inventory = Path(files[0].abs_path).parents[1]
-    model_dir = tmp_path / "model"
-    make_model_dir(model_dir)
-    run_index(inventory, model_dir, tmp_path / "index")
+    run_index(inventory, model, tmp_path / "index")
     snap = open_snapshot(tmp_path / "index")
     want_ok, want_vectors, _ = serial(files, encoder)
     items = {i.path: i.id for i in snap.items(list(range(1, 200))).values()}
@@ -159,7 +149,7 @@ def test_pipeline_vectors_match_under_run_index(setup, tmp_path: Path) -> None:
     snap.close()
 
 
-def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
+def test_live_ids_and_consistency_check(setup, tmp_path: Path, model: Path) -> None:
     """The fast live-id read equals the ORM query; a mismatch is still reported with counts."""
     from sqlalchemy import select
     from sqlalchemy.orm import Session
@@ -169,8 +159,7 @@ def test_live_ids_and_consistency_check(setup, tmp_path: Path) -> None:
     from indexer.store import check_snapshot, live_item_ids
 
     files, _ = setup
-    make_model_dir(tmp_path / "model")
-    run_index(Path(files[0].abs_path).parents[1], tmp_path / "model", tmp_path / "index")
+    run_index(Path(files[0].abs_path).parents[1], model, tmp_path / "index")
     snap = open_snapshot(tmp_path / "index")
     with Session(snap.engine) as session:
         want = sorted(session.scalars(select(Item.id).where(Item.deleted_generation.is_(None))))

@@ -9,65 +9,24 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
-import signal
-import sqlite3
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-import requests
 from PIL import Image
 
 from indexer.db import DATABASE_FILE
-from search_api.keys import create_key
-from tests.conftest import Api, Catalog, build_index
-from tests.indexing_fixtures import imgrec_command
-
-DEADLINE = 120.0  # seconds a wait may take on a loaded 2-core machine before the test fails
-
-
-def wait_for(what: str, probe: Callable[[], object], deadline: float = DEADLINE) -> object:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def jobs_in(index: Path) -> list[tuple]:
-    with sqlite3.connect(index / DATABASE_FILE) as db:
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None:
-            return []
-        return db.execute("SELECT id, kind, state, path, item_id FROM jobs ORDER BY id").fetchall()
-
-
-def start_watcher(cat: Catalog, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [
-        *imgrec_command(), "index", "--inventory", str(cat.inventory), "--model", str(cat.model),
-        "--index", str(cat.index), "--watch", *extra,
-    ]  # fmt: skip
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop_watcher(proc: subprocess.Popen, log: Path) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"the watcher did not stop on SIGTERM:\n{log.read_text()[-3000:]}") from None
-
-
-def writer(api: Api, index: Path) -> None:
-    """Send a new write key with every request of `api` (writes need one: docs/api.md)."""
-    api.headers["Authorization"] = f"Bearer {create_key(index, 'writer', 'write')}"
+from tests.support import (
+    Api,
+    Catalog,
+    build_index,
+    job_when_done,
+    jobs_in,
+    post_item,
+    start_watcher,
+    stop_watcher,
+    wait_for,
+    writer,
+)
 
 
 @pytest.fixture
@@ -99,21 +58,6 @@ def watched(catalog: Catalog, tmp_path_factory, make_app, serve) -> Iterator[tup
     assert code == 0, log.read_text()[-3000:]
 
 
-def post_item(api: Api, data: bytes, key: str | None = None, **fields: str) -> requests.Response:
-    headers = {"Idempotency-Key": key} if key else {}
-    return api.post(
-        "/v1/items", files={"image": ("photo.jpg", data, "image/jpeg")}, data=fields, headers=headers
-    )
-
-
-def job_when_done(api: Api, url: str) -> dict:
-    def done() -> dict | None:
-        job = api.get(url).json()["job"]
-        return job if job["state"] != "queued" else None
-
-    return wait_for(f"job {url}", done)
-
-
 def top_hit(api: Api, data: bytes) -> dict:
     r = api.post("/v1/search", files={"image": ("q.jpg", data, "image/jpeg")}, params={"k": 5})
     assert r.status_code == 200, r.text
@@ -137,6 +81,9 @@ def test_upload_is_found_by_the_next_search_and_a_delete_never_again(watched):
     wait_for("the new generation served", lambda: item_id in found_ids(api, data))
     answer = top_hit(api, data)
     assert answer["results"][0]["id"] == item_id and answer["results"][0]["score"] > 0.99
+    product = answer["results"][0]["product"]  # the upload's fields made its product
+    assert product["id"] == "sku-1" and product["title"] == "Red rug" and product["price"] == 12.5
+    assert product["attributes"] == {"colour": "red"}
     item = api.get(f"/v1/items/{item_id}").json()
     assert item["path"].startswith("_uploads/") and item["label"] == "uploads"
     assert api.get(f"/v1/items/{item_id}/image").content == data
@@ -179,7 +126,7 @@ def test_idempotency_never_makes_a_second_item(watched):
     assert other.json()["job"]["id"] != first.json()["job"]["id"]
     keyed = post_item(api, cat.query_bytes(2), key="k-1")
     assert (
-        post_item(api, cat.query_bytes(2), key="k-1", title="retry").json()["job"]["id"]
+        post_item(api, cat.query_bytes(2), key="k-1", label="retry").json()["job"]["id"]
         == keyed.json()["job"]["id"]
     )
     conflict = post_item(api, cat.query_bytes(4), key="k-1")

@@ -27,7 +27,7 @@ from PIL import Image
 from indexer import open_snapshot, run_index
 from indexer.db import DATABASE_FILE
 from search_api.keys import create_key
-from tests.indexing_fixtures import cli_child, forkserver, make_inventory, make_model_dir
+from tests.support import cli_child, forkserver, make_inventory
 
 CI_KILLS = 8
 LONG_KILLS = int(os.environ.get("IMGREC_LIVE_KILLS", "60"))
@@ -160,9 +160,8 @@ class Client:
             self.errors.append(f"{key}: {r.status_code} {r.text}")
 
 
-def live_kill_loop(tmp: Path, n_kills: int, seed: int) -> LiveKillStats:
+def live_kill_loop(tmp: Path, model: Path, n_kills: int, seed: int) -> LiveKillStats:
     rng = np.random.default_rng(seed)
-    model = make_model_dir(tmp / "model")
     inventory, index = tmp / "inventory", tmp / "index"
     make_inventory(inventory, 24)
     run_index(inventory, model, index)
@@ -238,15 +237,15 @@ def check_everything_applied(index: Path, inventory: Path, client: Client, servi
 
 
 @pytest.mark.slow
-def test_killing_the_watcher_or_the_api_loses_no_accepted_write(tmp_path):
-    stats = live_kill_loop(tmp_path, CI_KILLS, seed=1)
+def test_killing_the_watcher_or_the_api_loses_no_accepted_write(tmp_path, model):
+    stats = live_kill_loop(tmp_path, model, CI_KILLS, seed=1)
     print(stats)
     assert stats.adds > 0 and sum(stats.kills.values()) == CI_KILLS
 
 
 @pytest.mark.slow
 @pytest.mark.skipif("IMGREC_LIVE_KILLS" not in os.environ, reason="set IMGREC_LIVE_KILLS=N for the long loop")
-def test_killing_the_watcher_or_the_api_long(tmp_path):
-    stats = live_kill_loop(tmp_path, LONG_KILLS, seed=2)
+def test_killing_the_watcher_or_the_api_long(tmp_path, model):
+    stats = live_kill_loop(tmp_path, model, LONG_KILLS, seed=2)
     print(stats)
     assert sum(stats.kills.values()) == LONG_KILLS

@@ -31,7 +31,6 @@ from encoder.config import (
 from encoder.model_dir import save_model_dir
 from imgrec.cli import cli
 from indexer import run_index
-from tests.support import tiny_catalog, tiny_model, tiny_pretrained_model
 
 
 class MeanColour(Encoder):
@@ -61,13 +60,15 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", params=["autoencoder", "pretrained", "other"])
 def kind_model(request: pytest.FixtureRequest, other_model: Path) -> tuple[str, Path]:
-    return request.param, {"autoencoder": tiny_model, "pretrained": tiny_pretrained_model}.get(
-        request.param, lambda: other_model
-    )()
+    if request.param == "autoencoder":
+        return request.param, request.getfixturevalue("catalog").model
+    if request.param == "pretrained":
+        return request.param, request.getfixturevalue("pretrained_model")
+    return request.param, other_model
 
 
 EXPECTED = {  # fixture param -> (type, kind, name, arch, runtime, novelty reference)
-    "autoencoder": (AutoencoderModelConfig, "autoencoder", "conv-ae", "conv-ae", "torch", True),
+    "autoencoder": (AutoencoderModelConfig, "autoencoder", "conv-ae", "conv-ae", "onnx", True),
     "pretrained": (
         PretrainedModelConfig,
         "pretrained",
@@ -96,8 +97,8 @@ def test_every_kind_round_trips(kind_model: tuple[str, Path]):
     assert load_encoder(model).model_config == cfg
 
 
-def test_a_version_1_autoencoder_config_is_upgraded_in_memory():
-    raw = json.loads((tiny_model() / "config.json").read_text())
+def test_a_version_1_autoencoder_config_is_upgraded_in_memory(catalog):
+    raw = json.loads((catalog.model / "config.json").read_text())
     v1 = {k: v for k, v in raw.items() if k != "version"}
     del v1["kind"]  # the oldest dirs had no kind either
     cfg = parse_model_config(v1)
@@ -114,22 +115,22 @@ def test_a_version_1_autoencoder_config_is_upgraded_in_memory():
         ({"preprocess": {}}, "missing field 'image_size'"),
     ],
 )
-def test_a_bad_config_fails_in_one_clear_line(tmp_path: Path, change: dict, message: str):
-    raw = json.loads((tiny_model() / "config.json").read_text())
+def test_a_bad_config_fails_in_one_clear_line(tmp_path: Path, change: dict, message: str, catalog):
+    raw = json.loads((catalog.model / "config.json").read_text())
     save_model_dir(tmp_path / "m", {"w": np.zeros(1, np.float32)}, {**raw, **change})
     with pytest.raises(ModelDirError, match=message) as info:
         load_encoder(tmp_path / "m")
     assert "\n" not in str(info.value) and "imgrec train" in str(info.value)
 
 
-def test_a_pretrained_config_naming_no_graph_is_refused():
-    raw = json.loads((tiny_pretrained_model() / "config.json").read_text())
+def test_a_pretrained_config_naming_no_graph_is_refused(pretrained_model):
+    raw = json.loads((pretrained_model / "config.json").read_text())
     with pytest.raises(ModelDirError, match="no graph"):
         parse_model_config({**raw, "graph": None})
 
 
-def test_a_missing_or_changed_graph_is_refused(tmp_path: Path):
-    shutil.copytree(tiny_pretrained_model(), tmp_path / "m", ignore=shutil.ignore_patterns("features"))
+def test_a_missing_or_changed_graph_is_refused(tmp_path: Path, pretrained_model):
+    shutil.copytree(pretrained_model, tmp_path / "m", ignore=shutil.ignore_patterns("features"))
     graph = tmp_path / "m" / "features.onnx"
     graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
     with pytest.raises(ModelDirError, match="features.onnx changed since training"):
@@ -140,15 +141,17 @@ def test_a_missing_or_changed_graph_is_refused(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def kind_index(kind_model: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def kind_index(
+    kind_model: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory, catalog
+) -> tuple[str, Path]:
     kind, model = kind_model
-    inventory, _ = tiny_catalog()
+    inventory = catalog.inventory
     index = tmp_path_factory.mktemp(f"index-{kind}") / "index"
     run_index(inventory, model, index)
     return kind, index
 
 
-def test_stats_report_the_real_architecture_of_every_kind(kind_index: tuple[str, Path], make_app):
+def test_stats_report_the_real_architecture_of_every_kind(kind_index: tuple[str, Path], make_app, catalog):
     kind, index = kind_index
     _, kind_name, name, arch, runtime, novelty = EXPECTED[kind]
     client = make_app(INDEX=str(index), RELOAD_INTERVAL=0).test_client()
@@ -160,7 +163,7 @@ def test_stats_report_the_real_architecture_of_every_kind(kind_index: tuple[str,
     )
     assert s["novelty_available"] is novelty
     if novelty:  # and the answers carry it
-        image = sorted(tiny_catalog()[1].rglob("*.jpg"))[0].read_bytes()
+        image = catalog.query_bytes(0)
         body = client.post("/v1/search", data={"image": (io.BytesIO(image), "q.jpg")}).get_json()
         assert body["novelty_percentile"] is not None, body
     off = make_app(INDEX=str(index), RELOAD_INTERVAL=0, NOVELTY=False).test_client()

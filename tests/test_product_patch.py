@@ -4,7 +4,6 @@ undone by `imgrec rollback`; and what the next sync of the catalog file does to 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import shutil
 import sqlite3
@@ -19,31 +18,16 @@ from indexer import IndexOptions, run_index
 from indexer import jobs as queue
 from indexer.db import DATABASE_FILE, open_database
 from indexer.live import apply_batch
-from tests.conftest import Api, Catalog
-from tests.test_live import job_when_done, start_watcher, stop_watcher, wait_for, writer
-
-FIELDS = ["product_id", "image", "title", "price", "color", "on_sale"]
-
-
-def write_shop(path: Path, images: list[str], **override: dict) -> Path:
-    """Two images per product SKU-0, SKU-1, ...; price 10 * (p + 1); colour red / blue;
-    `override`: {product_id: {field: value}}."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        for i, image in enumerate(images):
-            p = i // 2
-            row = {
-                "product_id": f"SKU-{p}",
-                "image": image,
-                "title": f"Thing {p}",
-                "price": 10 * (p + 1),
-                "color": "red" if p % 2 == 0 else "blue",
-                "on_sale": "true" if p % 3 == 0 else "false",
-            }
-            row.update(override.get(row["product_id"], {}))
-            w.writerow(row)  # fmt: skip
-    return path
+from tests.support import (
+    Api,
+    Catalog,
+    job_when_done,
+    start_watcher,
+    stop_watcher,
+    wait_for,
+    write_shop,
+    writer,
+)
 
 
 def segments_of(index: Path, generation: int) -> list[int]:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from PIL import Image
-from products_support import ItemRow, insert_catalog, products_database
 from sqlalchemy.orm import Session
 
 from indexer.catalog_file import read_catalog
@@ -24,6 +23,7 @@ from indexer.products import (
     product_records,
     sync_products,
 )
+from tests.support import ItemRow, insert_catalog, products_database
 
 ITEMS = Item.__table__
 
@@ -117,7 +117,8 @@ def test_a_second_catalog_changes_only_what_changed(shop):
             sa.select(ProductChange.change, ProductChange.previous).where(ProductChange.generation_id == 2)
         ).all()
         assert ("updated", {"title": "Hat", "url": None, "price": 25.0, "attributes": {"color": "blue", "organic": False, "size": 57.5},
-                            "metadata_sha256": first.products["B"].metadata_sha256, "deleted_generation": None}) in previous  # fmt: skip
+                            "metadata_sha256": first.products["B"].metadata_sha256, "deleted_generation": None,
+                                "origin": "catalog"}) in previous  # fmt: skip
         assert sorted(c for c, _ in previous) == ["added", "deleted", "deleted", "updated"]
         assert product_id_of(session, "D") is None
     f = sync.ids["F"]

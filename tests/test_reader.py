@@ -11,11 +11,9 @@ from click.testing import CliRunner
 
 from imgrec.cli import cli
 from indexer import IndexOptions, run_index
-from tests.indexing_fixtures import (
+from tests.support import (
     forkserver,
-    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
-    make_model_dir,
     mutate_inventory,
     reader_loop,
 )
@@ -23,8 +21,7 @@ from tests.indexing_fixtures import (
 pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
 
 
-def test_reader_never_sees_an_error_or_a_mixed_generation(tmp_path):
-    model = make_model_dir(tmp_path / "model")
+def test_reader_never_sees_an_error_or_a_mixed_generation(tmp_path, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     make_inventory(inventory, 60)
     run_index(inventory, model, index)

@@ -10,7 +10,7 @@ from imgrec.cli import cli
 from indexer import IndexOptions, open_snapshot, run_index
 from indexer.compaction import MergePolicy
 from search_api.engine import SearchEngine
-from tests.indexing_fixtures import make_model_dir, seed_embedder, seed_vector, write_seed_file
+from tests.support import seed_embedder, seed_vector, write_seed_file
 
 
 def add_files(root, start: int, n: int) -> None:
@@ -18,8 +18,7 @@ def add_files(root, start: int, n: int) -> None:
         write_seed_file(root / f"f{i % 3}" / f"item-{i:05d}.jpg", i)
 
 
-def test_a_new_generation_reuses_segments_and_encoder(tmp_path):
-    model = make_model_dir(tmp_path / "model")
+def test_a_new_generation_reuses_segments_and_encoder(tmp_path, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     add_files(inventory, 0, 60)
     opts = IndexOptions(merge_policy=MergePolicy(factor=3, floor=5))

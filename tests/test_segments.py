@@ -14,9 +14,7 @@ from indexer import segment_search as ss
 from indexer.ann import search_params
 from indexer.compaction import MergePolicy
 from indexer.faiss_index import prepare
-from tests.indexing_fixtures import (
-    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
-    make_model_dir,
+from tests.support import (
     seed_embedder,
     seed_vector,
     write_seed_file,
@@ -52,11 +50,6 @@ class Inventory:
         for rel in rng.choice(sorted(self.seeds), n, replace=False):
             (self.root / rel).unlink()
             del self.seeds[rel]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("model") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,11 @@ from imgrec.cli import cli
 from indexer import IndexOptions, open_snapshot, run_index
 from indexer.db import Item, LedgerEntry, open_database
 from indexer.ledger import ledger_report
-from tests.indexing_fixtures import (
+from tests.support import (
     assert_same_index,
     full_rebuild,
     index_contents,
-    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
-    make_model_dir,
     mutate_inventory,
 )
 
@@ -47,8 +45,7 @@ def test_the_limit_is_in_force(tmp_path):
         engine.dispose()
 
 
-def test_every_kind_of_run_with_eight_times_more_files_than_the_limit(tmp_path):
-    model = make_model_dir(tmp_path / "model")
+def test_every_kind_of_run_with_eight_times_more_files_than_the_limit(tmp_path, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     paths = make_inventory(inventory, N_FILES)
     opts = IndexOptions(batch_size=32, checkpoint_every=64)
@@ -99,10 +96,9 @@ def test_every_kind_of_run_with_eight_times_more_files_than_the_limit(tmp_path):
     assert report["states"]["embedded"] == N_FILES
 
 
-def test_a_ledger_that_lost_rows_is_reconciled_through_the_items(tmp_path):
+def test_a_ledger_that_lost_rows_is_reconciled_through_the_items(tmp_path, model):
     """The plan checks the ledger's live count against the generation; when they differ it plans
     against the ledger joined with the items (still streamed, still chunked)."""
-    model = make_model_dir(tmp_path / "model")
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     paths = make_inventory(inventory, 200)
     run_index(inventory, model, index)

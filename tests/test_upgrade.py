@@ -26,15 +26,13 @@ from indexer.faiss_index import prepare
 from indexer.ingest import embed_files
 from indexer.migrate import current_revision, head_revision, upgrade
 from indexer.scan import scan_inventory
-from tests.indexing_fixtures import (
+from tests.support import (
     assert_same_index,
     cli_child,
     forkserver,
     full_rebuild,
     index_contents,
-    low_sql_variable_limit,  # noqa: F401 - used by pytestmark
     make_inventory,
-    make_model_dir,
 )
 
 pytestmark = pytest.mark.usefixtures("low_sql_variable_limit")
@@ -112,8 +110,7 @@ def build_0001_index(inventory: Path, model: Path, index: Path) -> dict[str, np.
 
 
 @pytest.fixture()
-def legacy(tmp_path):
-    model = make_model_dir(tmp_path / "model")
+def legacy(tmp_path, model):
     inventory, index = tmp_path / "inventory", tmp_path / "index"
     make_inventory(inventory, 30)  # the 0001 index saw 26 of them; 4 are new since
     want = build_0001_index(inventory, model, index)

@@ -8,80 +8,22 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.support import CHROMIUM, PHONE, url_params, wait_for_thumbnails
+
 K = 8
-DESKTOP = {"width": 860, "height": 640}
-PHONE = {"width": 375, "height": 812}  # an iPhone X/11 Pro/12 mini-size screen, in CSS px
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (Debian package `chromium`; see DEVELOPERS.md)"
 )
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def open_page(browser) -> Iterator[Callable]:
-    """open_page(url, **context options) -> a page that has loaded `url` and the index's labels.
-
-    The page records the URLs it requests (`page.requested`) and its console errors (`page.errors`); at the end
-    of the test every error must be one the test expected (`page.expected_errors`, substrings).
-    """
-    contexts = []
-
-    def open_(url: str, viewport: dict = DESKTOP, device_scale_factor: float = 1, **options):
-        context = browser.new_context(viewport=viewport, device_scale_factor=device_scale_factor, **options)
-        contexts.append(context)
-        page = context.new_page()
-        page.requested, page.errors, page.expected_errors = [], [], []
-        page.on("request", lambda r: page.requested.append(r.url))
-        page.on(
-            "console", lambda m: m.type == "error" and page.errors.append(f"console: {m.text} {m.location}")
-        )
-        page.on("pageerror", lambda e: page.errors.append(f"uncaught: {e}"))
-        page.goto(url)
-        page.wait_for_selector("#label[data-loaded]", state="attached")  # the labels are in (or failed)
-        return page
-
-    yield open_
-    for context in contexts:
-        pages = context.pages
-        context.close()
-        for page in pages:
-            unexpected = [e for e in page.errors if not any(x in e for x in page.expected_errors)]
-            assert not unexpected, unexpected
-
-
 @pytest.fixture
 def page(open_page, base_url):
     """The page on the session's app, on a desktop-size screen."""
     return open_page(base_url + "/")
-
-
-def wait_for_thumbnails(page, n: int) -> None:
-    from playwright.sync_api import expect
-
-    expect(page.locator("#grid li.result")).to_have_count(n)
-    page.wait_for_function(
-        "Array.from(document.querySelectorAll('#grid img')).every(i => i.complete && i.naturalWidth > 0)"
-    )
 
 
 def searches(page) -> list[str]:
@@ -96,10 +38,6 @@ def mark_document(page) -> None:
 
 def assert_same_document(page) -> None:
     assert page.evaluate("window.sameDocument === true"), "the page was reloaded or navigated away"
-
-
-def url_params(page) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
 
 
 def test_upload_see_results_click_for_more_like_it(page, catalog, base_url):

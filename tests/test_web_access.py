@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_access import Keys, keys  # noqa: F401 - the keyed index fixture
-from tests.test_web import CHROMIUM, browser, wait_for_thumbnails  # noqa: F401 - fixtures
+from tests.support import CHROMIUM, wait_for_thumbnails
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (Debian package `chromium`)"

@@ -7,10 +7,9 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import Api
 
 from indexer import IndexOptions, run_index
-from tests.test_web import CHROMIUM, PHONE, browser, open_page, url_params  # noqa: F401 - fixtures
+from tests.support import CHROMIUM, PHONE, Api, url_params
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (Debian package `chromium`)"
