@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import requests
 from click.testing import CliRunner
 
 from encoder import load_image
@@ -18,7 +17,6 @@ from imgrec.cli import cli
 from indexer import open_snapshot, run_index
 from indexer.query_expansion import QueryExpansion, expand
 from indexer.querying import SearchOptions, embed, plan_search, search
-from tests.support import tiny_catalog, tiny_model, tiny_pretrained_model
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -92,18 +90,17 @@ def test_a_bad_expansion_setting_is_refused_with_a_clear_error(bad):
 
 
 @pytest.fixture(scope="module")
-def qe_index(tmp_path_factory):
+def qe_index(catalog, pretrained_model, tmp_path_factory):
     """A pretrained model (cosine index) whose config asks for alpha-QE over 2 neighbours, alpha 1."""
     root = tmp_path_factory.mktemp("qe")
     model = root / "model"
-    shutil.copytree(tiny_pretrained_model(), model, ignore=shutil.ignore_patterns("features"))
+    shutil.copytree(pretrained_model, model, ignore=shutil.ignore_patterns("features"))
     state, config, _ = read_model_dir(model)
     config["pretrained"].update(query_expansion=2, qe_alpha=1.0)
     save_model_dir(model, state, config)  # a new fingerprint covering the setting
-    src, queries = tiny_catalog()
-    shutil.copytree(src, root / "inventory")
+    shutil.copytree(catalog.inventory, root / "inventory")
     run_index(root / "inventory", model, root / "index")
-    return root / "index", queries
+    return root / "index", catalog.queries
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +171,8 @@ def test_an_excluded_item_is_neither_answered_nor_used_to_expand(snap):
     assert _ids(got) == _reference(snap, xq, 2, 1.0, 4, snap.live_ids(), exclude=item)
 
 
-def test_a_model_without_expansion_searches_plainly(tmp_path):
-    src, _ = tiny_catalog()
-    shutil.copytree(src, tmp_path / "inventory")
-    run_index(tmp_path / "inventory", tiny_model(), tmp_path / "index")
-    s = open_snapshot(tmp_path / "index")
+def test_a_model_without_expansion_searches_plainly(catalog):
+    s = open_snapshot(catalog.index)  # the session's conv-ae index
     try:
         assert not plan_search(s, SearchOptions(k=3)).expansion.enabled
     finally:
@@ -201,19 +195,19 @@ def _expected(index, queries, expand_on: bool) -> list[list[int]]:
         snap.close()
 
 
-def test_the_api_answers_with_the_models_expansion_unless_turned_off(qe_index, make_app, serve):
+def test_the_api_answers_with_the_models_expansion_unless_turned_off(qe_index, make_app):
     index, queries = qe_index
     want = {on: _expected(index, queries, on) for on in (True, False)}
     assert want[True] != want[False]  # the expansion changes some answer: the checks below can tell
     paths = sorted(queries.rglob("*.jpg"))
     for on in (True, False):
-        base = serve(make_app(INDEX=str(index), RELOAD_INTERVAL=0, QUERY_EXPANSION=on))
+        client = make_app(INDEX=str(index), RELOAD_INTERVAL=0, QUERY_EXPANSION=on).test_client()
         got = []
         for p in paths:
-            r = requests.post(f"{base}/v1/search", params={"k": 5, "group_by": "none"}, data=p.read_bytes(),
-                              headers={"Content-Type": "image/jpeg"}, timeout=60)  # fmt: skip
-            assert r.status_code == 200, r.text
-            got.append([h["id"] for h in r.json()["results"]])
+            r = client.post("/v1/search", query_string={"k": 5, "group_by": "none"}, data=p.read_bytes(),
+                            content_type="image/jpeg")  # fmt: skip
+            assert r.status_code == 200, r.get_data(as_text=True)
+            got.append([h["id"] for h in r.json["results"]])
         assert got == want[on]
 
 
