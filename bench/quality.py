@@ -60,6 +60,11 @@ def run_model(name: str, out: Path, baseline_size: int | None, threads: int, reu
         row["train_seconds"] = round(time.perf_counter() - t, 1)
         if result.fitted is not None:
             row["images_per_second"] = result.fitted.training["images_per_second"]
+    elif is_pretrained(name):  # reused: the fit figures its config recorded when it was fitted
+        training = json.loads((model_dir / "config.json").read_text()).get("training", {})
+        row["train_seconds"] = training.get("seconds")
+        row["images_per_second"] = training.get("images_per_second")
+        row["reused_model"] = True
     if not (reuse and (index_dir / "catalog.sqlite").is_file()):
         summary = run_index(CLOTHING / "train", model_dir, index_dir)
         row["index_seconds"] = round(summary.seconds, 1)
@@ -72,6 +77,8 @@ def run_model(name: str, out: Path, baseline_size: int | None, threads: int, reu
         dim=f["encoder"]["dim"],
         index_bytes=f["index_bytes"],
         query_ms=f["latency_ms"]["total_median"],
+        search_ms=f["latency_ms"]["search_median"],
+        query_expansion=f.get("query_expansion", 0),
         embed_ms=f["latency_ms"]["embed_median"],
         **f["metrics"],
     )
@@ -107,6 +114,12 @@ def render(results: dict) -> str:
     partial = (
         " Partial run: the presets not listed were not measured in it." if results.get("partial") else ""
     )
+    reused = [r["model"] for r in results["rows"] if r.get("reused_model")]
+    if reused:
+        partial += (
+            f" Models reused from earlier fits ({', '.join(reused)}): their img/s and fit s are the figures"
+            " their configs recorded when they were fitted; index, eval and query figures are this run's."
+        )
     return (
         f"{markdown(results['rows'], results['default'])}\n\n"
         f"_Measured {results['date'][:10]} on {m['cores']} cores ({m['cpu']}, load {m['load_average'][0]}), "

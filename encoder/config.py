@@ -12,7 +12,9 @@ Versions: 1 = every dir written before the version field existed (no "version" k
 and pretrained presets run by torch). 2 = adds "version", and for pretrained models the runtime
 (onnxruntime graph file and its sha256) and the trunk fingerprint that keys the feature cache.
 Autoencoders written since may name a graph too (codes and novelty in one ONNX file); without one,
-torch rebuilds them from the weights.
+torch rebuilds them from the weights. 3 = pretrained presets may carry query-time steps
+(`pretrained.query_expansion`, `qe_alpha`) and the pseudo-lda reducer (`pseudo_classes`,
+`lda_input_dim`), so an imgrec that would ignore them (and answer differently) refuses the model.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any, ClassVar
 
 from encoder.preprocess import Preprocess
 
-CONFIG_VERSION = 2  # what this code writes
-READABLE_VERSIONS = (1, 2)  # what it reads (1 is upgraded in memory)
+CONFIG_VERSION = 3  # what this code writes
+READABLE_VERSIONS = (1, 2, 3)
+REDUCERS = ("pca", "pseudo-lda")  # PretrainedConfig.reducer  # what it reads (1 is upgraded in memory)
 
 
 class ModelDirError(ValueError):
@@ -68,9 +71,14 @@ class PretrainedConfig:
     flip: bool = False  # average the features of the image and its mirror (2x the forward cost)
     code_dim: int | None = 128  # reduced code size; None keeps the pooled features
     pca_whiten: bool = False  # whitening measured as harmful (issue 4)
-    reducer: str = "pca"  # pca | projection (a linear map trained on the inventory, no labels)
+    reducer: str = "pca"  # pca | pseudo-lda (PCA, then LDA on k-means pseudo-classes: encoder.reducer)
+    pseudo_classes: int = 128  # pseudo-lda: k-means clusters of the inventory's PCA codes (capped by size)
+    lda_input_dim: int = 128  # pseudo-lda: the PCA's size before the projection to code_dim
     runtime: str = "onnx"  # onnx: graph exported at train time, run by onnxruntime | torch: eager (v1)
     quantize: str | None = None  # None (float32) | "int8": static, per-channel, calibrated on the inventory
+    # query time (indexer.query_expansion, applied by indexer.querying): nothing changes at index time
+    query_expansion: int = 0  # alpha-QE over this many nearest stored vectors (0: off)
+    qe_alpha: float = 3.0  # alpha-QE's exponent on the neighbours' cosine similarities
 
     @classmethod
     def from_dict(cls, d: dict) -> PretrainedConfig:
@@ -264,6 +272,13 @@ def parse_model_config(d: dict, source: str = "model config") -> ModelConfig:
                 raise ModelDirError(
                     f"{source}: runtime onnx but no graph file recorded: retrain with `imgrec train`"
                 )
+            if not (isinstance(p.query_expansion, int) and p.query_expansion >= 0 and float(p.qe_alpha) >= 0):
+                raise ModelDirError(
+                    f"{source}: query_expansion must be a whole number >= 0 and qe_alpha >= 0, got "
+                    f"{p.query_expansion!r}, {p.qe_alpha!r}: retrain with `imgrec train`"
+                )
+            if p.reducer not in REDUCERS:
+                raise ModelDirError(f"{source}: unknown reducer {p.reducer!r}: retrain with `imgrec train`")
             if p.runtime not in ("onnx", "torch"):
                 raise ModelDirError(f"{source}: unknown runtime {p.runtime!r}: retrain with `imgrec train`")
             return cfg

@@ -29,12 +29,13 @@ from encoder.model_dir import file_sha256, save_model_dir
 from encoder.novelty import novelty_reference
 from encoder.preprocess import ImageDecodeError, ImageTooLargeError, load_image
 from encoder.pretrained import preprocess_for
-from encoder.reducer import NOVELTY_FOLDS, Reducer, cross_fitted_errors, fit_pca
+from encoder.reducer import NOVELTY_FOLDS, Reducer, cross_fitted_errors, fit_pca, fit_pseudo_lda
 
 logger = logging.getLogger(__name__)
 
 GRAPH = "features.onnx"
 EXTRACT_BATCH = 8  # images per forward pass: faster than 32 on a 2-core CPU
+PSEUDO_CLASS_MIN_SIZE = 16  # pseudo-lda: at most one pseudo-class per this many images
 CALIBRATION_IMAGES = 256  # int8 presets: inventory images the activation ranges are calibrated on
 
 StageCallback = Callable[[str, int, int], None]  # (stage, done, total)
@@ -80,7 +81,14 @@ def fit_pretrained(
     smallest_fit = len(X) - max(n_val, -(-len(X) // NOVELTY_FOLDS))  # images in the smallest fitting set
     if smallest_fit < 2:
         raise ValueError(f"need at least {NOVELTY_FOLDS} readable images to fit a reducer, got {len(X)}")
-    wanted = cfg.code_dim or 128  # the pooled model keeps a reducer too, for novelty
+    n_classes = min(cfg.pseudo_classes, len(X) // PSEUDO_CLASS_MIN_SIZE)
+    lda = cfg.reducer == "pseudo-lda" and bool(cfg.code_dim) and n_classes - 1 >= cfg.code_dim
+    if cfg.reducer == "pseudo-lda" and not lda:
+        logger.warning(
+            "%d images: too few for %s pseudo-classes of %d+ images above a %s-d code; fitting PCA instead",
+            len(X), cfg.pseudo_classes, PSEUDO_CLASS_MIN_SIZE, cfg.code_dim,
+        )  # fmt: skip
+    wanted = (cfg.lda_input_dim if lda else cfg.code_dim) or 128  # the pooled model keeps one for novelty
     n_components = min(wanted, smallest_fit - 1, X.shape[1])
     if n_components < wanted:
         logger.warning("only %d images: reducer code is %d-d instead of %d", len(X), n_components, wanted)
@@ -90,6 +98,10 @@ def fit_pretrained(
         val_error = float(held_out.error(X[order[:n_val]]).mean())
     errors = cross_fitted_errors(X, order, n_components, cfg.pca_whiten)
     state = fit_pca(X, n_components, cfg.pca_whiten)
+    code_dim = n_components
+    if lda:  # pseudo-classes from the inventory's own PCA codes (no labels)
+        code_dim = min(cfg.code_dim, n_components)
+        state.update(fit_pseudo_lda(Reducer(state, cfg.pca_whiten).pca(X), n_classes, code_dim, seed=seed))
     stage("fitting the reducer", 1, 1)
     total_var = float(X.var(0, ddof=1).sum())
     config = PretrainedModelConfig(
@@ -97,7 +109,7 @@ def fit_pretrained(
         pretrained=cfg,
         backbone_sha256=bb_sha,
         preprocess=pre,
-        code_dim=int(n_components if cfg.code_dim else X.shape[1]),
+        code_dim=int(code_dim if cfg.code_dim else X.shape[1]),
         feature_dim=int(X.shape[1]),
         trunk_fingerprint=trunk_fingerprint(cfg, bb_sha, pre),
         graph=GRAPH if graph_sha else None,
@@ -106,6 +118,7 @@ def fit_pretrained(
         training={
             "images": len(X),
             "n_val": n_val,
+            "reducer": f"pseudo-lda ({n_classes} pseudo-classes)" if lda else "pca",  # what was fitted
             "train_error": round(float(Reducer(state, cfg.pca_whiten).error(X).mean()), 6),
             "cross_fitted_error": round(float(errors.mean()), 6),  # what the novelty reference holds
             "val_error": None if val_error is None else round(val_error, 6),

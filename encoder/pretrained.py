@@ -43,6 +43,14 @@ PRESETS: dict[str, PretrainedConfig] = {
     "effnet-lite01-pca": PretrainedConfig(backbone=LITE01, image_size=260, code_dim=64),
     # the same, its graph quantised to int8 (other vectors: its own fingerprint and figures)
     "effnet-lite01-pca-int8": PretrainedConfig(backbone=LITE01, image_size=260, code_dim=64, quantize="int8"),
+    # effnet-lite01-pca answered with alpha-QE over its 3 nearest stored vectors (indexer.query_expansion):
+    # the same vectors and indexing cost, a second search per query (docs/quality.md, third pass)
+    "effnet-lite01-pca-qe": PretrainedConfig(backbone=LITE01, image_size=260, code_dim=64, query_expansion=3),
+    # the same trunks, PCA-128 then LDA to 64-d on 128 k-means pseudo-classes of the inventory (no labels),
+    # answered with alpha-QE: the best measured in the third pass (docs/quality.md)
+    "effnet-lite01-lda-qe": PretrainedConfig(
+        backbone=LITE01, image_size=260, code_dim=64, reducer="pseudo-lda", query_expansion=3
+    ),
     # Lite1 alone at its native 240 px: 0.44x the compute of effnet-lite02-pca
     "effnet-lite1-pca": PretrainedConfig(backbone="efficientnet-lite1", image_size=240, code_dim=128),
     # Lite1 + Lite2 at 260 px: the best measured on cached features, 1.14x the compute of effnet-lite02-pca

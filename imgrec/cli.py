@@ -296,6 +296,12 @@ def _dask_embedder(address: str, model_dir: str):  # noqa: ANN202 - yields an in
     "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write one result PNG per query."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (with the product fields).")
+@click.option(
+    "--no-query-expansion",
+    "no_qe",
+    is_flag=True,
+    help="Search with the query's vector alone, even if the model expands it.",
+)
 def query(
     images: tuple[str, ...],
     index_dir: str,
@@ -305,6 +311,7 @@ def query(
     group_by: str | None,
     out_dir: str | None,
     as_json: bool,
+    no_qe: bool,
 ) -> None:
     """Find the k inventory items (or products) most like each query image (files or folders).
 
@@ -319,7 +326,7 @@ def query(
     from indexer.filters import FilterError
     from indexer.querying import SearchOptions, run_queries
 
-    opts = SearchOptions(k=k, label=label, filter=filter_text, group_by=group_by)
+    opts = SearchOptions(k=k, label=label, filter=filter_text, group_by=group_by, expand=not no_qe)
 
     common.check_index(index_dir)
     try:

@@ -170,8 +170,12 @@ def evaluate_index(
     *,
     baseline_size: int | None = 32,
     progress: Callable[[int], None] | None = None,
+    expand: bool = True,
 ) -> EvalRun:
     """Query the index with every image under `queries_dir` (label = parent folder) and score it.
+
+    Queries are answered through `indexer.querying` as the CLI and the API answer them: with the
+    model's query expansion unless `expand` is False; the figures record which.
 
     Each query is embedded and searched alone (batch of 1), as a client would, to time latency.
     `progress(n)` is called after each query. With `baseline_size`, raw pixels are scored too.
@@ -184,7 +188,7 @@ def evaluate_index(
         raise ValueError(f"k must be at least 1, got {k}")
     snap = open_snapshot(index_dir)
     try:
-        return _evaluate(snap, Path(queries_dir), k, baseline_size, progress, t_start)
+        return _evaluate(snap, Path(queries_dir), k, baseline_size, progress, t_start, expand)
     finally:
         snap.close()
 
@@ -196,6 +200,7 @@ def _evaluate(
     baseline_size: int | None,
     progress: Callable[[int], None] | None,
     t_start: float,
+    expand: bool = True,
 ) -> EvalRun:
     if not queries_dir.is_dir():
         raise ValueError(f"query folder not found: {queries_dir}")
@@ -204,7 +209,8 @@ def _evaluate(
     class_sizes = Counter(label_of.values())
     encoder = snap.encoder
     pre = encoder.preprocess
-    plan = querying.plan_search(snap, querying.SearchOptions(k=k, group_by="none"))  # images, as labelled
+    opts = querying.SearchOptions(k=k, group_by="none", expand=expand)  # images, as labelled
+    plan = querying.plan_search(snap, opts)
 
     paths, labels, vectors, hits, novelty = [], [], [], [], []
     t_decode, t_embed, t_search = [], [], []
@@ -266,6 +272,7 @@ def _evaluate(
         "n_inventory": len(items),
         "n_classes": len(class_sizes),
         "metric": snap.generation.metric,
+        "query_expansion": plan.expansion.neighbours,  # 0: queries searched as embedded
         "encoder": {
             "fingerprint": encoder.fingerprint,
             "kind": encoder.model_config.kind,

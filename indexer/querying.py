@@ -12,6 +12,11 @@ Grouping by product: k distinct products ranked by their best-matching image. Th
 3k images, keeps the first hit of each product (an image without a product is a group of its own),
 and asks again for twice as many while a query has fewer than k groups and more images could match.
 The first k distinct products of an exact ranked list are exactly the k best products.
+
+Query-time steps of the model (`indexer.query_expansion`: alpha-QE when the model's config asks for
+it) run first, inside `search`, under the same label, filter and exclusion: every caller answers
+alike. `SearchOptions(expand=False)` searches with the query's own vector (`--no-query-expansion`,
+the API's `IMGREC_QUERY_EXPANSION=false`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 from indexer.filtered_search import search_allowed
 from indexer.filters import Expr
 from indexer.products import ProductRecord
+from indexer.query_expansion import QueryExpansion
+from indexer.query_expansion import expand as alpha_qe
 from indexer.segment_search import member
 from indexer.store import Hit, Snapshot
 
@@ -40,6 +47,7 @@ class SearchOptions:
     group_by: str | None = None  # product | none; None: product when the generation has a catalog
     params: faiss.SearchParameters | None = None  # approximate indexes' knobs (indexer.ann)
     exclude: int | None = None  # an item never returned (similar-item search)
+    expand: bool = True  # apply the model's query expansion (if it has one)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class SearchPlan:
     params: faiss.SearchParameters | None
     exclude: int | None
     filter: Expr | None = None
+    expansion: QueryExpansion = QueryExpansion()  # what `search` applies first (neighbours 0: nothing)
 
 
 @dataclass(frozen=True)
@@ -101,12 +110,17 @@ def plan_search(snap: Snapshot, opts: SearchOptions) -> SearchPlan:
         labelled = snap.label_ids(opts.label)
         allowed = labelled if allowed is None else allowed[member(allowed, labelled)]
     grouped = opts.group_by == "product" or (opts.group_by is None and view.has_catalog)
-    return SearchPlan(opts.k, allowed, grouped, opts.params, opts.exclude, expr)
+    qe = QueryExpansion.of(snap.generation.model_config) if opts.expand else QueryExpansion()
+    if snap.generation.metric != "cosine":  # alpha-QE needs unit-norm stored vectors
+        qe = QueryExpansion()
+    return SearchPlan(opts.k, allowed, grouped, opts.params, opts.exclude, expr, qe)
 
 
 def search(snap: Snapshot, xq: np.ndarray, plan: SearchPlan) -> list[SearchAnswer]:
     """Results for each query vector (as the index's model embeds), best first."""
     xq = np.atleast_2d(np.asarray(xq, np.float32))
+    if plan.expansion.enabled and len(xq):
+        xq = _expand(snap, xq, plan)
     n_candidates = len(plan.allowed) if plan.allowed is not None else snap.generation.item_count
     extra = 1 if plan.exclude is not None else 0
     if not plan.grouped:
@@ -173,6 +187,23 @@ def _raw(snap: Snapshot, xq: np.ndarray, k: int, plan: SearchPlan) -> tuple[np.n
         return search_allowed(snap, xq, k, plan.allowed, plan.params)
     D, I = snap.search(xq, k, params=plan.params)  # noqa: E741
     return D, I, all(s.index_type == "flat" for s in snap.segments)
+
+
+def _expand(snap: Snapshot, xq: np.ndarray, plan: SearchPlan) -> np.ndarray:
+    """alpha-QE: each query moved towards its n nearest stored vectors that the plan may return."""
+    n, extra = plan.expansion.neighbours, 1 if plan.exclude is not None else 0
+    D, I, _ = _raw(snap, xq, n + extra, plan)  # noqa: E741
+    sims = np.zeros((len(xq), n), np.float32)
+    ids = np.full((len(xq), n), -1, np.int64)
+    for row in range(len(xq)):
+        kept = [(d, i) for d, i in zip(D[row], I[row], strict=True) if i >= 0 and i != plan.exclude][:n]
+        for j, (d, i) in enumerate(kept):
+            sims[row, j], ids[row, j] = d, i
+    found = ids >= 0
+    V = np.zeros((*ids.shape, snap.generation.dim), np.float32)
+    if found.any():
+        V[found] = snap.vectors(ids[found])
+    return alpha_qe(xq, np.where(found, sims, 0.0), V, plan.expansion.alpha)
 
 
 def _hits(snap: Snapshot, D: np.ndarray, I: np.ndarray, exclude: int | None) -> list[list[Hit]]:  # noqa: E741

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "VERIFY": True,  # check FAISS against the catalog before serving a generation
     "THUMBNAIL_SIZE": 128,  # px, longest side
     "NOVELTY": True,  # report the query's novelty percentile when the model offers it
+    "QUERY_EXPANSION": True,  # answer with the model's query expansion when it has one (docs/quality.md)
     "COMPUTE_THREADS": 1,  # torch/FAISS threads per process (0: library defaults); scale with workers
     # access control (docs/api.md, "Access control"): search_api.auth, ratelimit, cors
     "REQUIRE_READ_KEY": False,  # reads need a read (or write) key too; writes always need a write key

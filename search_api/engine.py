@@ -106,12 +106,14 @@ class SearchEngine:
         batch_window_ms: float = 2.0,
         max_batch: int = 32,
         novelty: bool = True,
+        query_expansion: bool = True,
     ):
         self.index_dir = Path(index_dir)
         self.mmap = mmap
         self.verify = verify
         self.reload_interval = reload_interval
         self.novelty = novelty
+        self.query_expansion = query_expansion  # the model's query expansion (indexer.querying)
         self.batcher: Batcher[Query, list[Answer]] = Batcher(
             self._process, window_ms=batch_window_ms, max_batch=max_batch
         )
@@ -327,7 +329,7 @@ class SearchEngine:
         :raise FilterError: a bad filter (the API answers 400).
         """
         params = knobs(snap.generation.index_type, nprobe, ef_search)
-        opts = SearchOptions(k, label, filter, group_by, params, exclude)
+        opts = SearchOptions(k, label, filter, group_by, params, exclude, expand=self.query_expansion)
         return plan_search(snap, opts)
 
     def search(self, snap: Snapshot, pixels: np.ndarray, **options: object) -> list[Answer]:
@@ -413,6 +415,7 @@ def init_app(app: Flask) -> None:
         batch_window_ms=float(cfg["BATCH_WINDOW_MS"]),
         max_batch=int(cfg["MAX_BATCH"]),
         novelty=bool(cfg["NOVELTY"]),
+        query_expansion=bool(cfg["QUERY_EXPANSION"]),
     )
     app.extensions["imgrec"] = eng
     metrics = app.extensions.get("imgrec.metrics")

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from encoder import Encoder, ModelDirError, Preprocess, load_encoder, parse_model_config, register_kind
+from encoder import (
+    CONFIG_VERSION,
+    Encoder,
+    ModelDirError,
+    Preprocess,
+    load_encoder,
+    parse_model_config,
+    register_kind,
+)
 from encoder.config import (
     AutoencoderModelConfig,
     OtherModelConfig,
@@ -94,7 +102,7 @@ def test_a_version_1_autoencoder_config_is_upgraded_in_memory(catalog):
     v1 = {k: v for k, v in raw.items() if k != "version"}
     del v1["kind"]  # the oldest dirs had no kind either
     cfg = parse_model_config(v1)
-    assert isinstance(cfg, AutoencoderModelConfig) and cfg.version == 2
+    assert isinstance(cfg, AutoencoderModelConfig) and cfg.version == CONFIG_VERSION
     assert cfg == parse_model_config(raw)
 
 

@@ -17,7 +17,7 @@ from matplotlib import cbook
 
 from encoder import PRETRAINED_PRESETS, load_encoder, load_image
 from encoder.backbones import FeatureExtractor, backbone_names, fold_batch_norm, load_backbone
-from encoder.config import PretrainedConfig
+from encoder.config import CONFIG_VERSION, PretrainedConfig
 from encoder.export import export_graph
 from encoder.fit import GRAPH, fit_pretrained
 from encoder.images import find_images
@@ -206,7 +206,7 @@ def test_a_model_dir_written_before_graphs_still_loads(fitted: tuple[Path, Path,
     }
     save_model_dir(tmp_path / "v1", load_file(model_dir / "model.safetensors"), old)
     enc_v1, enc_v2 = load_encoder(tmp_path / "v1"), load_encoder(model_dir)
-    assert enc_v1.model_config.version == 2 and enc_v1.model_config.runtime == "torch"
+    assert enc_v1.model_config.version == CONFIG_VERSION and enc_v1.model_config.runtime == "torch"
     assert enc_v1.fingerprint == (tmp_path / "v1" / "FINGERPRINT").read_text().strip()
     x = np.stack([enc_v1.preprocess.to_array(load_image(p)) for p in find_images(inventory)[:3]])
     a, b = enc_v1.embed(x), enc_v2.embed(x)

@@ -36,8 +36,20 @@ INDEX_DIR = click.Path(exists=True, file_okay=False)
     help="Raw-pixel baseline image side (0: no baseline).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option(
+    "--no-query-expansion",
+    "no_qe",
+    is_flag=True,
+    help="Search with the query's vector alone, even if the model expands it.",
+)
 def eval_command(
-    index_dir: str, queries: str, k: int, report_dir: str | None, baseline_size: int, as_json: bool
+    index_dir: str,
+    queries: str,
+    k: int,
+    report_dir: str | None,
+    baseline_size: int,
+    as_json: bool,
+    no_qe: bool,
 ) -> None:
     """Measure retrieval quality: P@1, P@5, P@10, mAP@10, recall@10 beside raw pixels and chance.
 
@@ -57,7 +69,12 @@ def eval_command(
     try:
         with tqdm(desc="queries", unit="img") as bar:
             run = evaluate_index(
-                index_dir, queries, k, baseline_size=baseline_size or None, progress=bar.update
+                index_dir,
+                queries,
+                k,
+                baseline_size=baseline_size or None,
+                progress=bar.update,
+                expand=not no_qe,
             )
         save_eval_figures(index_dir, run.figures)
         report = write_report(report_dir, run, index_dir) if report_dir else None
