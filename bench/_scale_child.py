@@ -20,7 +20,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
+    """Peak resident memory of this process so far (MB): VmHWM, which starts afresh at exec.
+
+    (`getrusage`'s ru_maxrss does not: a child starts with its parent's peak, here the driver's.)
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
