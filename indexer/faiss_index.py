@@ -42,6 +42,22 @@ def faiss_metric(metric: str) -> int:
     return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
 
 
+def use_blas_from(d: int) -> None:
+    """Let exhaustive searches of `d`-dimensional vectors take FAISS's BLAS path from
+    BLAS_MIN_QUERIES queries per call.
+
+    FAISS scans query by query while nq * d < distance_compute_blas_threshold (128000 by default:
+    1000 queries at d=128), else runs one BLAS product per block of vectors. From about 4 queries
+    the product is faster (1M x 128, one thread, 32 queries: ~5x the queries/s of the scan), which
+    is what makes micro-batched queries pay (docs/performance.md). The threshold is one
+    process-wide value that depends on the dimension, so it is set when an index is built or
+    opened (`build_index`, `read_index`, `segment_search.OpenSegment.open`), never per search.
+    """
+    value = BLAS_MIN_QUERIES * int(d)
+    if faiss.cvar.distance_compute_blas_threshold != value:
+        faiss.cvar.distance_compute_blas_threshold = value
+
+
 def build_index(
     d: int, metric: str, index_type: str = "flat", xt: np.ndarray | None = None, n_train: int | None = None
 ) -> faiss.Index:
@@ -55,6 +71,7 @@ def build_index(
         from indexer.ann import build_ann
 
         inner = build_ann(d, metric, index_type, xt, n_total=n_train)
+    use_blas_from(d)
     return faiss.IndexIDMap2(inner)
 
 
@@ -89,11 +106,6 @@ def search(
     """
     xq = prepare(xq, metric)
     k = min(k, index.ntotal) if index.ntotal else k
-    # faiss scans query by query while nq * d < distance_compute_blas_threshold (128000 by default:
-    # 1000 queries at d=128), else runs one BLAS product per block of vectors. From about 4 queries
-    # the product is faster (1M x 128, one thread, 32 queries: ~5x the queries/s of the scan), which
-    # is what makes micro-batched queries pay (README, "Performance"). Process-wide setting.
-    faiss.cvar.distance_compute_blas_threshold = BLAS_MIN_QUERIES * index.d
     if allowed_ids is not None:
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
         params = params or faiss.SearchParameters()
@@ -157,4 +169,6 @@ def write_index_atomic(index: faiss.Index, path: str | Path) -> tuple[int, str]:
 def read_index(path: str | Path, mmap: bool = False) -> faiss.Index:
     """Read an index; with `mmap`, flat indexes are memory-mapped read-only (never add/remove on them)."""
     flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
-    return faiss.read_index(str(path), flags)
+    index = faiss.read_index(str(path), flags)
+    use_blas_from(index.d)
+    return index

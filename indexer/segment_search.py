@@ -102,6 +102,7 @@ class OpenSegment:
                 f"segment {info.file} cannot be read by FAISS ({first})", index_dir, info.file
             ) from e
         ids = faiss_index.ids_of(index)
+        faiss_index.use_blas_from(index.d)
         if index.ntotal != info.item_count or index.d != info.dim:
             raise SegmentFileError(
                 f"segment {info.file} holds {index.ntotal} vectors of dimension {index.d}, the catalog "
@@ -220,7 +221,6 @@ def search_parts(
     xq = faiss_index.prepare(xq, metric)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    faiss.cvar.distance_compute_blas_threshold = faiss_index.BLAS_MIN_QUERIES * xq.shape[1]
     Ds, Is = [], []
     for n, part in enumerate(parts):
         if not part.live_count:

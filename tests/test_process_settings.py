@@ -110,3 +110,28 @@ app.extensions["imgrec"].close()
     assert got["factory"] == {"torch": 1, "faiss": 1}
     assert got["requests"] == got["factory"]
     assert (got["torch_threads"], got["faiss_threads"]) == (1, 1)
+
+
+def test_faiss_blas_threshold_is_set_when_an_index_opens_not_per_search(catalog):
+    """The threshold depends on the vectors' dimension: opening the index sets it; searches leave
+    whatever value is there (a marker set after opening survives them)."""
+    got = run_child(
+        f"""
+import json
+import numpy as np
+from indexer import open_snapshot
+snap = open_snapshot({str(catalog.index)!r})
+opened = faiss.cvar.distance_compute_blas_threshold
+dim = snap.generation.dim
+faiss.cvar.distance_compute_blas_threshold = 12345
+xq = np.random.default_rng(0).standard_normal((5, dim)).astype(np.float32)
+for n in (1, 5):
+    snap.search_vectors(xq[:n], k=3)
+print(json.dumps({{"opened": opened, "dim": dim, "after_searches": faiss.cvar.distance_compute_blas_threshold}}))
+snap.close()
+"""
+    )
+    from indexer.faiss_index import BLAS_MIN_QUERIES
+
+    assert got["opened"] == BLAS_MIN_QUERIES * got["dim"]
+    assert got["after_searches"] == 12345
