@@ -2,10 +2,9 @@
 
     inner = build_ann(d, metric, "ivf", xt)            # trained on a sample of xt
     params = search_params("ivf", nprobe=32)            # per-query knobs for Snapshot.search_vectors
-    remove_ids(index, ids)                              # works for every type (HNSW: rebuild)
 
 `faiss_index.build_index` wraps what `build_ann` returns in an `IndexIDMap2`, so ids are still the
-SQLite item ids and every generation is still one `.faiss` file.
+SQLite item ids and every segment is still one `.faiss` file.
 
 - `ivf`: IVF-Flat. `nlist = clamp(round(4 * sqrt(n)), 1, n // 39)` for n training vectors (faiss wants
   about 39 points per centroid); k-means runs on at most `TRAIN_POINTS_PER_LIST * nlist` sampled
@@ -16,12 +15,9 @@ SQLite item ids and every generation is still one `.faiss` file.
 - `hnsw`: HNSW-Flat, `M = HNSW_M`, efConstruction `HNSW_EF_CONSTRUCTION`, default efSearch
   `HNSW_EF_SEARCH`. No training.
 
-Removing from an approximate index: `IndexIDMap2.remove_ids` is only right for flat. HNSW cannot
-remove at all, and for IVF the IDMap compacts its id table while IVF keeps its old internal ids, so
-every later result would map to the wrong item (with the direct map faiss refuses instead). So
-`remove_ids` here rebuilds in place: the vectors that stay are read back (`reconstruct_n`), the
-index is reset (IVF keeps its trained centroids) and they are re-added under their ids. Cost: an
-IVF re-assignment (cheap) or a full HNSW build.
+Nothing is ever removed from a segment's FAISS index (HNSW cannot remove at all, and IVF behind an
+IDMap would map later results to the wrong items): deletions are the generation's deletion sets,
+and compaction writes merged segments anew (indexer/compaction.py).
 """
 
 from __future__ import annotations
@@ -135,32 +131,3 @@ def search_params(
             raise ValueError("a flat index is exact: it takes neither nprobe nor ef_search")
         return None
     raise ValueError(f"unknown index type {index_type!r}")
-
-
-def supports_remove(index: faiss.Index) -> bool:
-    """Whether `index.remove_ids` (through the IDMap) is correct for this type: only flat."""
-    return index_type_of(index) == "flat"
-
-
-def remove_ids(index: faiss.Index, ids: np.ndarray) -> int:
-    """Remove `ids` from an `IndexIDMap2` of any type, in place; returns how many were removed.
-
-    Approximate types are reset and the vectors that stay re-added under their ids (same object:
-    callers holding it see the result); see the module docstring for why.
-    """
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if not len(ids) or index.ntotal == 0:
-        return 0
-    if supports_remove(index):
-        return int(index.remove_ids(faiss.IDSelectorBatch(ids)))
-    held = faiss.vector_to_array(index.id_map).astype(np.int64)
-    keep = ~np.isin(held, ids)
-    removed = int((~keep).sum())
-    if not removed:
-        return 0
-    xb = inner_index(index).reconstruct_n(0, index.ntotal)  # storage order = id_map order
-    index.reset()
-    if keep.any():
-        index.add_with_ids(np.ascontiguousarray(xb[keep]), held[keep])
-    logger.info("rebuilt the index without %d ids (%d vectors re-added)", removed, int(keep.sum()))
-    return removed

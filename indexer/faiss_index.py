@@ -85,13 +85,6 @@ def add(index: faiss.Index, ids: np.ndarray, xb: np.ndarray, metric: str) -> Non
         index.add_with_ids(xb, ids)
 
 
-def remove(index: faiss.Index, ids: np.ndarray) -> int:
-    """Remove `ids` (any index type); returns how many were removed."""
-    from indexer.ann import remove_ids  # IDMap2.remove_ids is only right for flat; ann handles every type
-
-    return remove_ids(index, ids)
-
-
 def search(
     index: faiss.Index,
     xq: np.ndarray,
@@ -123,14 +116,6 @@ def ids_of(index: faiss.Index) -> np.ndarray:
 def ids_sha256(ids: np.ndarray) -> str:
     """An order-independent fingerprint of a set of ids."""
     return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()
-
-
-def vectors_of(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
-    """The stored vectors of `ids` (as prepared for the metric)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if not len(ids):
-        return np.zeros((0, index.d), np.float32)
-    return np.stack([index.reconstruct(int(i)) for i in ids])
 
 
 def write_index_atomic(index: faiss.Index, path: str | Path) -> tuple[int, str]:

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from indexer import jobs as queue
-from indexer.db import DATABASE_FILE, Item, Job
+from indexer.db import Item, Job
 from indexer.folders import ROW_COLUMNS, rows_in, stored_folders
 from indexer.plan import Plan, merge_into, plan_folders
 from indexer.plan_workers import join_plans
@@ -292,7 +292,3 @@ def apply_batch(
     finally:
         if own:
             engine.dispose()
-
-
-def catalog_path(index_dir: str | Path) -> Path:
-    return Path(index_dir) / DATABASE_FILE

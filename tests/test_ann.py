@@ -17,7 +17,6 @@ from indexer.ann import (
     index_type_of,
     inner_index,
     nlist_for,
-    remove_ids,
     search_params,
 )
 
@@ -117,28 +116,21 @@ def test_nlist_follows_the_training_count():
 
 
 @pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
-def test_incremental_add_remove_and_reload(ds, index_type, tmp_path):
+def test_incremental_add_and_reload(ds, index_type, tmp_path):
     xb = ds.get_database()
     index = fi.build_index(ds.d, "l2", index_type, xt=ds.get_train())
     fi.add(index, np.arange(2000), xb[:2000], "l2")
-    fi.add(index, np.arange(2000, 3000), xb[2000:3000], "l2")  # a later generation adds more
-    gone = np.arange(0, 3000, 3)
-    assert remove_ids(index, gone) == len(gone)
-    assert remove_ids(index, gone) == 0  # already gone
-    kept = np.setdiff1d(np.arange(3000), gone)
-    assert index.ntotal == len(kept) and set(fi.ids_of(index)) == set(kept)
-    np.testing.assert_allclose(fi.vectors_of(index, kept[:50]), xb[kept[:50]], rtol=1e-6)
+    fi.add(index, np.arange(2000, 3000), xb[2000:3000], "l2")  # a later batch adds more
+    assert index.ntotal == 3000 and set(fi.ids_of(index)) == set(range(3000))
     path = tmp_path / "g.faiss"
     fi.write_index_atomic(index, path)
     again = fi.read_index(path)
     assert index_type_of(again) == index_type
-    _, I = fi.search(again, ds.get_queries(), K, "l2")  # noqa: E741
-    assert not np.isin(I, gone).any()
     if index_type == "hnsw":
         assert inner_index(again).hnsw.efSearch == inner_index(index).hnsw.efSearch
     # the same vector searched for finds itself
-    _, I = fi.search(again, xb[kept[:20]], 1, "l2")  # noqa: E741
-    assert (I[:, 0] == kept[:20]).mean() >= 0.9
+    _, I = fi.search(again, xb[:3000:150], 1, "l2")  # noqa: E741
+    assert (I[:, 0] == np.arange(0, 3000, 150)).mean() >= 0.9
 
 
 def test_ivf_with_nothing_to_train_on_is_exact():

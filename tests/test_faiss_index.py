@@ -43,10 +43,9 @@ def test_allowed_ids_restrict_results():
     assert set(I.ravel()) <= set(allowed.tolist())
 
 
-def test_remove_and_ids_sha():
+def test_ids_and_ids_sha():
     index = faiss_index.build_index(4, "cosine")
-    faiss_index.add(index, np.array([5, 6, 7]), np.eye(4, dtype=np.float32)[:3], "cosine")
-    assert faiss_index.remove(index, np.array([6])) == 1
+    faiss_index.add(index, np.array([5, 7]), np.eye(4, dtype=np.float32)[:2], "cosine")
     assert sorted(faiss_index.ids_of(index)) == [5, 7]
     assert faiss_index.ids_sha256(np.array([7, 5])) == faiss_index.ids_sha256(np.array([5, 7]))
 
