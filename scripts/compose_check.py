@@ -250,7 +250,8 @@ def run_check(args: argparse.Namespace, work: Path, times: dict[str, float], fig
             first_gen = answer["index"]["generation"]
             itself = search(base, inventory / "rugs" / "rugs-003.jpg", k=1)
             path, score = hit_paths(base, itself)[0], itself["results"][0]["score"]
-            check(path == "rugs/rugs-003.jpg" and score > 0.99, f"an inventory image found {path} ({score})")
+            # first, and near 1 (the default preset's query expansion blends in the query's neighbours)
+            check(path == "rugs/rugs-003.jpg" and score > 0.95, f"an inventory image found {path} ({score})")
 
         with step("proxy errors are JSON"):
             figures["proxy_errors"] = proxy_errors(base)

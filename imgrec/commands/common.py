@@ -126,7 +126,8 @@ def stage_bars() -> Iterator[Callable[[str, int, int], None]]:
 def echo_fitted(result: TrainResult) -> None:
     """What fitting a pretrained preset did and wrote."""
     cfg, t = result.fitted, result.fitted.training
-    reducer = f"{cfg.pretrained.reducer.upper()} to {cfg.code_dim}-d" if cfg.pretrained.code_dim else "none"
+    fitted = t.get("reducer", cfg.pretrained.reducer)  # what was fitted (pseudo-lda falls back to pca)
+    reducer = f"{fitted} to {cfg.code_dim}-d" if cfg.pretrained.code_dim else "none"
     click.echo(
         f"fitted on {t['images']} images: {cfg.feature_dim}-d features of {cfg.arch} at {cfg.preprocess.image_size} px "
         f"({t['images_per_second']} img/s), reducer {reducer}, {result.seconds:.1f} s"
