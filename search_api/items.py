@@ -10,6 +10,8 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import BinaryIO
 from urllib.parse import quote
@@ -36,15 +38,26 @@ ITEM_ID = "<int:item_id>"
 NOT_FOUND = "No such item in the index being served (or its image is gone)."
 
 
-def get_item_or_404(snap: Snapshot, item_id: int) -> ItemInfo:
-    """The item with this id in the snapshot.
+@contextmanager
+def item_in_snapshot(item_id: int) -> Iterator[tuple[Snapshot, ItemInfo]]:
+    """The served snapshot and item `item_id` in it, both good until the block ends.
 
-    :raise 404: unknown id, or not in this generation.
+    An id the served generation does not hold may be in a newer one that another worker already
+    serves (the search that returned it): the engine looks for a newer generation at once, rather
+    than at its next poll, and answers from it.
+
+    :raise 404: unknown id, or not in the newest generation either.
     """
-    info = snap.item(item_id) if item_id <= MAX_ID else None
-    if info is None:
-        abort(404, f"item {item_id} is not in index generation {snap.generation.id}")
-    return info
+    engine = get_engine()
+    for attempt in (0, 1):
+        with engine.snapshot() as snap:
+            info = snap.item(item_id) if item_id <= MAX_ID else None
+            if info is not None:
+                yield snap, info
+                return
+            served = snap.generation.id
+        if attempt or item_id > MAX_ID or not engine.reload():
+            abort(404, f"item {item_id} is not in index generation {served}")
 
 
 def open_image_or_404(snap: Snapshot, info: ItemInfo) -> BinaryIO:
@@ -92,8 +105,7 @@ def content_disposition(name: str) -> str:
 @bp.doc(responses={404: NOT_FOUND, 503: "No index loaded yet."})
 def get_item(item_id: int) -> dict:
     """An item's metadata and links."""
-    with get_engine().snapshot() as snap:
-        info = get_item_or_404(snap, item_id)
+    with item_in_snapshot(item_id) as (snap, info):
         return {**answers.item(info), "index": answers.index_info(snap.generation)}
 
 
@@ -106,8 +118,7 @@ def get_item(item_id: int) -> dict:
 @bp.doc(responses={404: NOT_FOUND, 503: "No index loaded yet."})
 def get_image(item_id: int):
     """The item's image, byte for byte."""
-    with get_engine().snapshot() as snap:
-        info = get_item_or_404(snap, item_id)
+    with item_in_snapshot(item_id) as (snap, info):
         f = open_image_or_404(snap, info)
     st = os.fstat(f.fileno())
     name = PurePosixPath(info.path).name
@@ -152,8 +163,8 @@ class ThumbnailArgs(Schema):
 def get_thumbnail(item_id: int, args: dict):
     """A JPEG thumbnail of the item (longest side `size`, default THUMBNAIL_SIZE)."""
     size = args["size"] or int(current_app.config["THUMBNAIL_SIZE"])
-    with get_engine().snapshot() as snap:
-        f = open_image_or_404(snap, get_item_or_404(snap, item_id))
+    with item_in_snapshot(item_id) as (snap, info):
+        f = open_image_or_404(snap, info)
     with f:
         st = os.fstat(f.fileno())
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, size)
@@ -212,8 +223,7 @@ THUMBNAILS = LRUCache(maxsize=2048, max_bytes=32 * 1024 * 1024)
 def get_similar(item_id: int, args: dict) -> dict:
     """More like this item: its stored vector searched, the item itself left out."""
     t0 = time.perf_counter()
-    with get_engine().snapshot() as snap:
-        info = get_item_or_404(snap, item_id)
+    with item_in_snapshot(item_id) as (snap, info):
         answer, lookup_ms, search_ms = get_engine().similar(snap, item_id, **search_kwargs(args))
         return {
             **answers.header(snap.generation, args, answer.grouped, answer.exact),

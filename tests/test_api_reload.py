@@ -155,3 +155,29 @@ def test_an_inconsistent_new_generation_keeps_the_old_one_serving(make_app, serv
         assert "the catalog records" in ready.json()["reload_error"]  # its size
         body = api.post("/v1/search", files={"image": catalog.query_bytes()}).json()
         assert body["index"]["generation"] == first
+
+
+def test_an_item_of_a_newer_generation_is_found_before_the_next_poll(make_app, fresh_index, catalog):
+    """Another worker may already serve a generation this one has not polled for yet: an item id
+    from it (a search there returned it) is looked for in the newest generation, not answered 404."""
+    app = make_app(INDEX=str(fresh_index.index), RELOAD_INTERVAL=0)  # no poller: only requests reload
+    client = app.test_client()
+    first = client.get("/readyz").get_json()["index"]["generation"]
+    add_images(catalog, fresh_index.inventory)
+    build_index(fresh_index.inventory, catalog.model, fresh_index.index)
+    from indexer import open_snapshot
+
+    snap = open_snapshot(fresh_index.index)
+    try:
+        new_id = int(snap.live_ids().max())  # an item only the new generation holds
+        newest = snap.generation.id
+    finally:
+        snap.close()
+    assert newest != first
+    assert client.get("/readyz").get_json()["index"]["generation"] == first  # not reloaded yet
+    r = client.get(f"/v1/items/{new_id}")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_json()["index"]["generation"] == newest
+    assert client.get(f"/v1/items/{new_id}/thumbnail").status_code == 200
+    missing = client.get("/v1/items/999999")
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
