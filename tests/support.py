@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -35,7 +36,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -517,6 +518,37 @@ def stop_watcher(proc: subprocess.Popen, log: Path) -> int:
 def writer(api: Api, index: Path) -> None:
     """Send a new write key with every request of `api` (writes need one: docs/api.md)."""
     api.headers["Authorization"] = f"Bearer {create_key(index, 'writer', 'write')}"
+
+
+@contextlib.contextmanager
+def watched_copy(
+    catalog: Catalog, root: Path, make_app: Callable, serve: Callable, *, with_shop: bool = False
+) -> Iterator[tuple[Catalog, Api]]:
+    """A private copy of the catalog's inventory, indexed (with a products file when `with_shop`),
+    served by a real server with a write key, and watched by `imgrec index --watch` (the same
+    `--catalog`); the watcher must stop cleanly on SIGTERM."""
+    shutil.copytree(catalog.inventory, root / "inventory")
+    extra: tuple[str, ...] = ()
+    if with_shop:
+        images = sorted(
+            p.relative_to(root / "inventory").as_posix() for p in (root / "inventory").rglob("*.jpg")
+        )
+        shop = write_shop(root / "products.csv", images)
+        run_index(root / "inventory", catalog.model, root / "index", IndexOptions(catalog=shop))
+        extra = ("--catalog", str(shop))
+    else:
+        build_index(root / "inventory", catalog.model, root / "index")
+    cat = dataclasses.replace(catalog, inventory=root / "inventory", index=root / "index")
+    log = root / "watcher.log"
+    proc = start_watcher(cat, log, *extra)
+    app = make_app(INDEX=str(cat.index), RELOAD_INTERVAL=0.2)
+    try:
+        with Api(serve(app)) as api:
+            writer(api, cat.index)
+            yield cat, api
+    finally:
+        code = stop_watcher(proc, log)
+    assert code == 0, log.read_text()[-3000:]
 
 
 def job_when_done(api: Api, url: str) -> dict:

@@ -6,7 +6,6 @@ on the same index. Waits poll with a generous deadline (they never assert how fa
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import shutil
 from collections.abc import Iterator
@@ -18,13 +17,13 @@ from indexer.db import DATABASE_FILE
 from tests.support import (
     Api,
     Catalog,
-    build_index,
     job_when_done,
     jobs_in,
     post_item,
     start_watcher,
     stop_watcher,
     wait_for,
+    watched_copy,
     writer,
 )
 
@@ -42,20 +41,8 @@ def live(fresh_index: Catalog, make_app, serve) -> Iterator[tuple[Catalog, Api]]
 def watched(catalog: Catalog, tmp_path_factory, make_app, serve) -> Iterator[tuple[Catalog, Api]]:
     """One private index for this module's watcher tests: served, and watched by `imgrec index
     --watch` (started once: a watcher's start-up is most of a test's time)."""
-    root = tmp_path_factory.mktemp("watched")
-    shutil.copytree(catalog.inventory, root / "inventory")
-    build_index(root / "inventory", catalog.model, root / "index")
-    cat = dataclasses.replace(catalog, inventory=root / "inventory", index=root / "index")
-    log = root / "watcher.log"
-    proc = start_watcher(cat, log)
-    app = make_app(INDEX=str(cat.index), RELOAD_INTERVAL=0.2)
-    try:
-        with Api(serve(app)) as api:
-            writer(api, cat.index)
-            yield cat, api
-    finally:
-        code = stop_watcher(proc, log)
-    assert code == 0, log.read_text()[-3000:]
+    with watched_copy(catalog, tmp_path_factory.mktemp("watched"), make_app, serve) as live_copy:
+        yield live_copy
 
 
 def top_hit(api: Api, data: bytes) -> dict:

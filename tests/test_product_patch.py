@@ -4,7 +4,6 @@ undone by `imgrec rollback`; and what the next sync of the catalog file does to 
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -22,11 +21,9 @@ from tests.support import (
     Api,
     Catalog,
     job_when_done,
-    start_watcher,
-    stop_watcher,
     wait_for,
+    watched_copy,
     write_shop,
-    writer,
 )
 
 
@@ -47,22 +44,8 @@ def parent_of(index: Path, generation: int) -> int:
 @pytest.fixture(scope="module")
 def patched_shop(catalog: Catalog, tmp_path_factory, make_app, serve) -> Iterator[tuple[Catalog, Api]]:
     """An index built with a catalog file, served, and watched with the same `--catalog`."""
-    root = tmp_path_factory.mktemp("patch")
-    shutil.copytree(catalog.inventory, root / "inventory")
-    images = sorted(p.relative_to(root / "inventory").as_posix() for p in (root / "inventory").rglob("*.jpg"))
-    shop = write_shop(root / "products.csv", images)
-    run_index(root / "inventory", catalog.model, root / "index", IndexOptions(catalog=shop))
-    cat = dataclasses.replace(catalog, inventory=root / "inventory", index=root / "index")
-    log = root / "watcher.log"
-    proc = start_watcher(cat, log, "--catalog", str(shop))
-    app = make_app(INDEX=str(cat.index), RELOAD_INTERVAL=0.2)
-    try:
-        with Api(serve(app)) as api:
-            writer(api, cat.index)
-            yield cat, api
-    finally:
-        code = stop_watcher(proc, log)
-    assert code == 0, log.read_text()[-3000:]
+    with watched_copy(catalog, tmp_path_factory.mktemp("patch"), make_app, serve, with_shop=True) as watched:
+        yield watched
 
 
 def _search(api: Api, cat: Catalog, **params) -> dict:

@@ -5,7 +5,6 @@ real index (`apply_batch`, `run_index`, `imgrec rollback`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import shutil
 import sqlite3
@@ -28,33 +27,19 @@ from tests.support import (
     Catalog,
     job_when_done,
     post_item,
-    start_watcher,
-    stop_watcher,
     wait_for,
+    watched_copy,
     write_shop,
-    writer,
 )
 
 
 @pytest.fixture(scope="module")
 def shop(catalog: Catalog, tmp_path_factory, make_app, serve) -> Iterator[tuple[Catalog, Api]]:
     """An index built with a catalog file, served, and watched with the same `--catalog`."""
-    root = tmp_path_factory.mktemp("upload-shop")
-    shutil.copytree(catalog.inventory, root / "inventory")
-    images = sorted(p.relative_to(root / "inventory").as_posix() for p in (root / "inventory").rglob("*.jpg"))
-    products = write_shop(root / "products.csv", images)
-    run_index(root / "inventory", catalog.model, root / "index", IndexOptions(catalog=products))
-    cat = dataclasses.replace(catalog, inventory=root / "inventory", index=root / "index")
-    log = root / "watcher.log"
-    proc = start_watcher(cat, log, "--catalog", str(products))
-    app = make_app(INDEX=str(cat.index), RELOAD_INTERVAL=0.2)
-    try:
-        with Api(serve(app)) as api:
-            writer(api, cat.index)
-            yield cat, api
-    finally:
-        code = stop_watcher(proc, log)
-    assert code == 0, log.read_text()[-3000:]
+    with watched_copy(
+        catalog, tmp_path_factory.mktemp("upload-shop"), make_app, serve, with_shop=True
+    ) as watched:
+        yield watched
 
 
 def served(api: Api, generation: int, path: str) -> dict:
