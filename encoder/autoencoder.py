@@ -7,14 +7,14 @@ their weights and run by torch. Both give the same vectors (tests/test_autoencod
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from encoder.compute import configured_threads
+from encoder.compute import TorchThreads, configured_threads
 from encoder.config import AutoencoderModelConfig, ModelDirError, config_to_dict, parse_model_config
 from encoder.embedder import Encoder
+from encoder.runtime import batch_key
 
 
 class AutoencoderEncoder(Encoder):
@@ -81,7 +81,7 @@ class _GraphRunner:
         self.graph.set_threads(n)
 
     def _outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        key = hashlib.blake2b(x.tobytes(), digest_size=16).digest() + repr(x.shape).encode()
+        key = batch_key(x)
         last = self._last  # one reference read: safe against another thread replacing it
         if last is not None and last[0] == key:
             return last[1]
@@ -99,7 +99,7 @@ class _GraphRunner:
         return {"graph": self.graph, "_last": None}
 
 
-class _TorchRunner:
+class _TorchRunner(TorchThreads):
     """Model dirs without a graph: the architecture rebuilt from config.json, run by torch eager."""
 
     def __init__(self, typed: AutoencoderModelConfig, state_dict: dict[str, np.ndarray]):
@@ -116,18 +116,6 @@ class _TorchRunner:
                 "retrain with `imgrec train`"
             ) from e
         self.model.eval()
-
-    @property
-    def threads(self) -> int:
-        import torch
-
-        return torch.get_num_threads()
-
-    def set_threads(self, n: int) -> None:
-        import torch
-
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
 
     def codes(self, x: np.ndarray) -> np.ndarray:
         import torch

@@ -61,3 +61,21 @@ def pin_this_thread() -> None:
         return
     faiss.omp_set_num_threads(_threads)
     _pinned.threads = _threads
+
+
+class TorchThreads:
+    """`threads` / `set_threads` of a runner that computes with torch (intra-op threads are
+    process-wide in torch: an encoder sets them when an entry point configured a count, or when
+    `ThreadTuner` switches them between batches)."""
+
+    @property
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    def set_threads(self, n: int) -> None:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)

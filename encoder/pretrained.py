@@ -13,18 +13,19 @@ written before graphs existed (runtime torch), which are rebuilt from the weight
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from encoder.compute import TorchThreads
 from encoder.config import PretrainedConfig, PretrainedModelConfig, config_to_dict, parse_model_config
 from encoder.embedder import Encoder
 from encoder.model_dir import ModelDirError
 from encoder.preprocess import Preprocess
 from encoder.reducer import Reducer
+from encoder.runtime import batch_key
 
 KIND = "pretrained"
 RECENT_BATCHES = 4  # batches whose features are kept for a following `novelty` call
@@ -118,7 +119,7 @@ class PretrainedEncoder(Encoder):
         The last few batches' features are kept, so `novelty` right after `embed` costs no second pass.
         """
         x = np.ascontiguousarray(x, np.float32)
-        key = hashlib.blake2b(x.tobytes(), digest_size=16).digest() + repr(x.shape).encode()
+        key = batch_key(x)
         with self._lock:
             cached = self._recent.get(key)
         if cached is not None:
@@ -169,7 +170,7 @@ class PretrainedEncoder(Encoder):
         self._cache = None
 
 
-class _TorchExtractor:
+class _TorchExtractor(TorchThreads):
     """The pre-graph runtime: the trunks rebuilt from the weights packages, run by torch eager."""
 
     def __init__(self, typed: PretrainedModelConfig):
@@ -183,18 +184,6 @@ class _TorchExtractor:
             )
         self.module = FeatureExtractor(typed.pretrained)
         self.batch = 8  # images per forward pass: faster than 32 on a 2-core CPU
-
-    @property
-    def threads(self) -> int:
-        import torch
-
-        return torch.get_num_threads()
-
-    def set_threads(self, n: int) -> None:
-        import torch
-
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch

@@ -33,6 +33,13 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def batch_key(x: np.ndarray) -> bytes:
+    """A digest of a batch (bytes and shape): keys the outputs kept for a following call on it."""
+    import hashlib
+
+    return hashlib.blake2b(x.tobytes(), digest_size=16).digest() + repr(x.shape).encode()
+
+
 class OnnxGraph:
     """An ONNX graph's bytes and the onnxruntime sessions running it (one per thread count)."""
 
