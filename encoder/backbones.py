@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoder.config import PretrainedConfig
+from encoder.config import PretrainedConfig, trunk_views
 from encoder.model_dir import file_sha256
 
 # backbone name -> (weights package, class exposing get_model_file_path)
@@ -120,6 +120,8 @@ class FeatureExtractor(nn.Module):
     def __init__(self, cfg: PretrainedConfig):
         super().__init__()
         self.trunks = nn.ModuleList()
+        self.views = trunk_views(cfg)
+        self.input_size = cfg.image_size  # the input's short side
         for name in backbone_names(cfg.backbone):
             trunk = fold_batch_norm(load_backbone(name, cfg.image_size))
             trunk._fc = nn.Identity()  # classifier unused
@@ -134,6 +136,21 @@ class FeatureExtractor(nn.Module):
             f = (f + self.pool(trunk.extract_features(x.flip(3)))) / 2
         return F.normalize(f, dim=1)
 
+    def _view(self, x: torch.Tensor, crop: str, size: int) -> torch.Tensor:
+        """What one trunk sees of the input (B, 3, H, W): all of it or its centre square, scaled so
+        its short side is `size` (antialiased bilinear; the input's short side is `input_size`)."""
+        if crop == "center":
+            h, w = x.shape[2], x.shape[3]
+            side = torch.sym_min(h, w)
+            x = x.narrow(2, (h - side) // 2, side).narrow(3, (w - side) // 2, side)
+        if size != self.input_size:
+            x = F.interpolate(
+                x, scale_factor=size / self.input_size, mode="bilinear", align_corners=False, antialias=True
+            )
+        return x.contiguous(memory_format=torch.channels_last)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
-        return F.normalize(torch.cat([self._pooled(t, x) for t in self.trunks], dim=1), dim=1)  # (B, sum C)
+        """Normalised (B, 3, H, W) -> (B, sum C) unit features; H, W may vary between calls."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        pooled = [self._pooled(t, self._view(x, *v)) for t, v in zip(self.trunks, self.views, strict=True)]
+        return F.normalize(torch.cat(pooled, dim=1), dim=1)

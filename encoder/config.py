@@ -15,6 +15,8 @@ Autoencoders written since may name a graph too (codes and novelty in one ONNX f
 torch rebuilds them from the weights. 3 = pretrained presets may carry query-time steps
 (`pretrained.query_expansion`, `qe_alpha`) and the pseudo-lda reducer (`pseudo_classes`,
 `lda_input_dim`), so an imgrec that would ignore them (and answer differently) refuses the model.
+4 = pretrained presets may feed each trunk its own view of the image (`pretrained.views`) and keep the
+image's orientation (preprocess resize "whole"): inputs of up to three shapes.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from typing import Any, ClassVar
 
 from encoder.preprocess import Preprocess
 
-CONFIG_VERSION = 3  # what this code writes
-READABLE_VERSIONS = (1, 2, 3)
+CONFIG_VERSION = 4  # what this code writes
+READABLE_VERSIONS = (1, 2, 3, 4)
 REDUCERS = ("pca", "pseudo-lda")  # PretrainedConfig.reducer  # what it reads (1 is upgraded in memory)
 
 
@@ -66,7 +68,10 @@ class PretrainedConfig:
 
     backbone: str = "efficientnet-lite0"  # one of encoder.backbones.BACKBONES, or several joined by "+"
     image_size: int = 224  # square input side
-    resize: str = "center-crop"  # center-crop (measured +0.03 P@5 on clothing) | squash
+    resize: str = "center-crop"  # center-crop (measured +0.03 P@5 on clothing) | squash | whole
+    # what each trunk sees, "+"-joined like `backbone` ("whole@224+center@260": the first trunk the whole
+    # input scaled to a short side of 224, the second its centre square at 260); None: the input as is
+    views: str | None = None
     gem_p: float = 3.0  # GeM pooling exponent (1 = average pooling)
     flip: bool = False  # average the features of the image and its mirror (2x the forward cost)
     code_dim: int | None = 128  # reduced code size; None keeps the pooled features
@@ -84,6 +89,31 @@ class PretrainedConfig:
     def from_dict(cls, d: dict) -> PretrainedConfig:
         _require_object(d, "pretrained")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+VIEW_CROPS = ("whole", "center")
+
+
+def trunk_views(p: PretrainedConfig) -> list[tuple[str, int]]:
+    """(crop, short side) per trunk: `p.views` parsed, or the input as is for each trunk.
+
+    :raise ValueError: a malformed spec, or not one view per trunk.
+    """
+    n_trunks = len(p.backbone.split("+"))
+    if p.views is None:
+        return [("whole", p.image_size)] * n_trunks
+    views = []
+    for part in p.views.split("+"):
+        crop, _, size = part.partition("@")
+        if crop not in VIEW_CROPS or not size.isdigit() or not 32 <= int(size) <= p.image_size:
+            raise ValueError(
+                f"bad view {part!r} in {p.views!r}: expected CROP@SIZE, CROP one of {VIEW_CROPS}, "
+                f"32 <= SIZE <= image_size ({p.image_size})"
+            )
+        views.append((crop, int(size)))
+    if len(views) != n_trunks:
+        raise ValueError(f"views {p.views!r}: {len(views)} views for {n_trunks} trunks ({p.backbone})")
+    return views
 
 
 @dataclass(frozen=True)
@@ -200,6 +230,8 @@ def trunk_fingerprint(p: PretrainedConfig, backbone_sha256: str, preprocess: Pre
         "quantize": p.quantize,
         "preprocess": preprocess.to_dict(),
     }
+    if p.views is not None:  # keys of presets without views stay what they were
+        parts["views"] = p.views
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from encoder.config import ModelConfig, ModelDirError, parse_model_config
 from encoder.model_dir import read_model_dir
-from encoder.preprocess import Preprocess
+from encoder.preprocess import Preprocess, batches_by_shape
 
 
 class Encoder:
@@ -58,10 +58,20 @@ class Encoder:
         """Resized uint8 (B, S, S, 3) -> vectors."""
         return self.embed(self.preprocess.normalize(batch_u8))
 
+    def embed_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """Resized uint8 images (H, W, 3), shapes possibly differing -> (N, dim) vectors, in order.
+
+        Images of one shape run as one batch (`preprocess.batches_by_shape`).
+        """
+        out = np.zeros((len(pixels), self.dim), np.float32)
+        for positions, stack in batches_by_shape(pixels):
+            out[positions] = self.embed_uint8(stack)
+        return out
+
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Decoded RGB images -> (N, dim) vectors."""
         parts = [
-            self.embed_uint8(np.stack([self.preprocess.to_uint8(im) for im in images[i : i + batch_size]]))
+            self.embed_pixels([self.preprocess.to_uint8(im) for im in images[i : i + batch_size]])
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)

@@ -32,14 +32,26 @@ def export_graph(
     image_size: int,
     max_batch: int = 1024,
     outputs: tuple[str, ...] = (OUTPUT,),
+    any_shape: bool = False,
 ) -> Path:
-    """Write `module` (normalised (B, 3, S, S) -> `outputs`) as an ONNX graph at `path`, atomically."""
+    """Write `module` (normalised (B, 3, S, S) -> `outputs`) as an ONNX graph at `path`, atomically.
+
+    `any_shape`: height and width stay free (from S up to 4 S) instead of fixed at S, for inputs that
+    keep the image's orientation (preprocess resize "whole").
+    """
     import torch
 
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
+    if any_shape:  # an example that is not square, so no trace can take H == W for granted
+        example = torch.zeros(2, 3, round(image_size * 4 / 3), image_size)
+        height = torch.export.Dim("height", min=image_size, max=4 * image_size)
+        width = torch.export.Dim("width", min=image_size, max=4 * image_size)
+        dynamic: dict[int, object] = {0: batch, 2: height, 3: width}
+    else:
+        example = torch.zeros(2, 3, image_size, image_size)
+        dynamic = {0: batch}
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter, not ours
         program = torch.onnx.export(
@@ -48,7 +60,7 @@ def export_graph(
             dynamo=True,
             input_names=[INPUT],
             output_names=list(outputs),
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=(dynamic,),
             verbose=False,
         )
         program.save(str(tmp))

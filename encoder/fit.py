@@ -27,7 +27,7 @@ from encoder.config import PretrainedConfig, PretrainedModelConfig, trunk_finger
 from encoder.feature_cache import write_cache
 from encoder.model_dir import file_sha256, save_model_dir
 from encoder.novelty import novelty_reference
-from encoder.preprocess import ImageDecodeError, ImageTooLargeError, load_image
+from encoder.preprocess import ImageDecodeError, ImageTooLargeError, batches_by_shape, load_image
 from encoder.pretrained import preprocess_for
 from encoder.reducer import NOVELTY_FOLDS, Reducer, cross_fitted_errors, fit_pca, fit_pseudo_lda
 
@@ -158,13 +158,15 @@ def _build_extractor(
     from encoder.runtime import OnnxGraph
 
     stage("exporting graph", 0, 1)
-    graph = export_graph(module, out_dir / GRAPH, cfg.image_size)
+    graph = export_graph(module, out_dir / GRAPH, cfg.image_size, any_shape=cfg.resize == "whole")
     if cfg.quantize == "int8":
         stage("calibrating int8", 0, 1)
         pre = preprocess_for(cfg)
         sample = paths[:: max(1, len(paths) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]
         batches = (
-            pre.normalize(np.stack(chunk)) for chunk in _chunks(_decode_all(sample, pre), EXTRACT_BATCH)
+            pre.normalize(stack)
+            for chunk in _chunks(_decode_all(sample, pre), EXTRACT_BATCH)
+            for _, stack in batches_by_shape(chunk)
         )
         quantize_graph(graph, graph, batches)
     elif cfg.quantize is not None:
@@ -223,7 +225,7 @@ def extract_features(
             pending = [pool.submit(_read, p, pre) for p in chunks[i + 1]] if i + 1 < len(chunks) else []
             ok = [r for r in results if r is not None]
             if ok:
-                feats.append(extractor(pre.normalize(np.stack([r[1] for r in ok]))))  # (B, C)
+                feats.append(_features_by_shape(extractor, pre, [r[1] for r in ok]))  # (B, C)
                 shas.extend(r[0] for r in ok)
                 sizes.extend(r[2] for r in ok)
             done += len(chunk)
@@ -232,3 +234,19 @@ def extract_features(
     if not feats:
         raise ValueError("no readable images to fit on")
     return np.concatenate(feats).astype(np.float32), shas, np.asarray(sizes, np.int32).reshape(-1, 2)
+
+
+def _features_by_shape(
+    extractor: Callable[[np.ndarray], np.ndarray],
+    pre,  # noqa: ANN001 - Preprocess
+    pixels: list[np.ndarray],
+) -> np.ndarray:
+    """Features (B, C) of uint8 images, in order: one forward pass per distinct input shape."""
+    out: np.ndarray | None = None
+    for positions, stack in batches_by_shape(pixels):
+        f = extractor(pre.normalize(stack))
+        if out is None:
+            out = np.zeros((len(pixels), f.shape[1]), np.float32)
+        out[positions] = f
+    assert out is not None
+    return out

@@ -10,6 +10,7 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,8 @@ DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000; larger images are refused, not
 # libjpeg's progressive scripts write 6 (grey) to 18 (CMYK) scans; libjpeg-turbo's own fuzz targets
 # stop at 500 scans for images of at most 1 megapixel. We accept up to 64 megapixels, hence 100.
 DEFAULT_MAX_SCANS = 100
+
+WHOLE_SNAP = (4 / 3) ** 0.5  # resize "whole": aspects beyond this (either way) become 3:4 or 4:3
 
 # A truncated file is an error here, never a half-grey picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -173,8 +176,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 class Preprocess:
     """How a decoded RGB image becomes a model input array (C, H, W) float32."""
 
-    image_size: int = 64  # square side fed to the model
-    resize: str = "squash"  # "squash" (whole image, aspect not kept) or "center-crop"
+    image_size: int = 64  # square side fed to the model (resize "whole": the short side)
+    resize: str = "squash"  # "squash" (whole image, aspect not kept), "center-crop" or "whole" (below)
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # subtracted after scaling to [0, 1]
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
@@ -191,11 +194,28 @@ class Preprocess:
         )
 
     def resize_image(self, img: Image.Image) -> Image.Image:
-        """Resize (and crop) an RGB image to image_size x image_size."""
+        """Resize (and crop) an RGB image to `output_size`."""
+        if self.resize in ("center-crop", "whole"):
+            return ImageOps.fit(img, self.output_size(*img.size), method=Image.Resampling.BILINEAR)
+        return img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the model input for an image of this size.
+
+        A square of `image_size`, except for resize "whole": the image keeps its orientation, its aspect
+        snapped to the nearest of 3:4, 1:1 and 4:3 (the least cropping among three batchable shapes)
+        with `image_size` as the short side, so a garment's sleeves and hem stay in the picture.
+        """
         s = self.image_size
-        if self.resize == "center-crop":
-            return ImageOps.fit(img, (s, s), method=Image.Resampling.BILINEAR)
-        return img.resize((s, s), Image.Resampling.BILINEAR)
+        if self.resize != "whole":
+            return s, s
+        long_side = round(s * 4 / 3)
+        aspect = height / max(width, 1)
+        if aspect >= WHOLE_SNAP:
+            return s, long_side
+        if aspect <= 1 / WHOLE_SNAP:
+            return long_side, s
+        return s, s
 
     def to_uint8(self, img: Image.Image) -> np.ndarray:
         """Resized image as uint8 (H, W, 3): compact enough to pass between processes."""
@@ -215,3 +235,16 @@ class Preprocess:
         """Normalised float32 (B, 3, H, W) -> uint8 (B, H, W, 3), for pictures."""
         x = batch.transpose(0, 2, 3, 1) * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
         return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def batches_by_shape(pixels: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions, uint8 (b, H, W, 3) stack) per distinct image shape among `pixels`, first seen first.
+
+    Model inputs of one shape run as one batch; a preprocess that keeps orientation (resize "whole")
+    gives up to three shapes, the others always one.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(pixels):
+        groups.setdefault(a.shape, []).append(i)
+    for positions in groups.values():
+        yield np.asarray(positions, np.int64), np.stack([pixels[i] for i in positions])

@@ -52,6 +52,17 @@ PRESETS: dict[str, PretrainedConfig] = {
     "effnet-lite01-lda-qe": PretrainedConfig(
         backbone=LITE01, image_size=260, code_dim=64, reducer="pseudo-lda", query_expansion=3
     ),
+    # the same, but Lite0 sees the whole photo (orientation kept, short side 224: the same pixels as a
+    # 260 px square) while Lite1 sees its centre square at 260: no more compute (docs/quality.md, fourth pass)
+    "effnet-lite01-whole-lda-qe": PretrainedConfig(
+        backbone=LITE01,
+        image_size=260,
+        resize="whole",
+        views="whole@224+center@260",
+        code_dim=64,
+        reducer="pseudo-lda",
+        query_expansion=3,
+    ),
     # Lite1 alone at its native 240 px: 0.44x the compute of effnet-lite02-pca
     "effnet-lite1-pca": PretrainedConfig(backbone="efficientnet-lite1", image_size=240, code_dim=128),
     # Lite1 + Lite2 at 260 px: the best measured on cached features, 1.14x the compute of effnet-lite02-pca

@@ -208,7 +208,7 @@ def embed_partition(
         d = decode_file(f, encoder.preprocess, limits)
         (ok if d.outcome == "ok" else rejected).append(d)
     chunks = [
-        encoder.embed_uint8(np.stack([d.pixels for d in ok[i : i + batch_size]]))
+        encoder.embed_pixels([d.pixels for d in ok[i : i + batch_size]])
         for i in range(0, len(ok), batch_size)
     ]
     for d in ok:

@@ -218,20 +218,22 @@ def _evaluate(
     for p in find_images(queries_dir):
         t0 = time.perf_counter()
         try:
-            x = pre.to_array(load_image(p, draft_size=pre.image_size))[None]  # (1, 3, S, S)
+            x = pre.to_uint8(load_image(p, draft_size=pre.image_size))  # (H, W, 3)
         except UNREADABLE as e:
             logger.warning("skipping query %s: %s", p, e)
             skipped += 1
             continue
         t1 = time.perf_counter()
-        xq, _ = querying.embed(snap, x, novelty=False)  # (1, d); novelty apart, so embed_ms stays comparable
+        xq, _ = querying.embed(
+            snap, [x], novelty=False
+        )  # (1, d); novelty apart, so embed_ms stays comparable
         t2 = time.perf_counter()
         found = querying.search(snap, xq, plan)[0].hits
         t3 = time.perf_counter()
         t_decode.append(t1 - t0)
         t_embed.append(t2 - t1)
         t_search.append(t3 - t2)
-        novelty.append(_novelty_percentile(encoder, x))
+        novelty.append(_novelty_percentile(encoder, pre.normalize(x[None])))
         paths.append(p)
         labels.append(p.parent.name)
         vectors.append(xq[0])

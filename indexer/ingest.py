@@ -27,7 +27,7 @@ import numpy as np
 
 from encoder import Encoder, ImageDecodeError, ImageTooLargeError, Preprocess, load_image
 from encoder.compute import configured_threads
-from encoder.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS
+from encoder.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, batches_by_shape
 from indexer.scan import ScannedFile
 
 logger = logging.getLogger(__name__)
@@ -210,9 +210,9 @@ def embed_files(
 def _embed_batch(encoder: Encoder, item: _ReadyBatch) -> np.ndarray:
     """Vectors of a batch's ok files: a forward pass for the decoded ones, the reducer for cached features."""
     vectors = np.zeros((len(item.ok), encoder.dim), np.float32)
-    fresh = [i for i, d in enumerate(item.ok) if d.features is None]
-    if item.x is not None:
-        vectors[fresh] = encoder.embed(item.x)
+    fresh = np.asarray([i for i, d in enumerate(item.ok) if d.features is None], np.int64)
+    for positions, x in item.x or ():  # one forward pass per input shape
+        vectors[fresh[positions]] = encoder.embed(x)
     if len(fresh) < len(item.ok):
         known = [i for i, d in enumerate(item.ok) if d.features is not None]
         vectors[known] = encoder.embed_features(np.stack([item.ok[i].features for i in known]))
@@ -269,12 +269,13 @@ class ThreadTuner:
 
 @dataclass
 class _ReadyBatch:
-    """Files of one batch, decoded; `x` is the normalised (B, 3, S, S) input of the `ok` files not cached."""
+    """Files of one batch, decoded. `x`: the normalised input of the `ok` files not cached, one
+    (positions among those files, (b, 3, H, W) batch) per input shape."""
 
     ok: list[Decoded]
     rejected: list[Decoded]
     in_order: list[Decoded]
-    x: np.ndarray | None
+    x: list[tuple[np.ndarray, np.ndarray]] | None
 
 
 @dataclass
@@ -299,8 +300,8 @@ def _decoded_batches(
     def ready(in_order: list[Decoded]) -> _ReadyBatch:
         ok = [d for d in in_order if d.outcome == "ok"]
         rejected = [d for d in in_order if d.outcome != "ok"]
-        decoded = [d.pixels for d in ok if d.pixels is not None]
-        x = pre.normalize(np.stack(decoded)) if decoded else None  # (B', 3, S, S): the files not cached
+        decoded = [d.pixels for d in ok if d.pixels is not None]  # the files not cached
+        x = [(pos, pre.normalize(stack)) for pos, stack in batches_by_shape(decoded)] if decoded else None
         for d in ok:
             d.pixels = None  # free memory as soon as batched
         return _ReadyBatch(ok, rejected, in_order, x)

@@ -21,12 +21,14 @@ the API's `IMGREC_QUERY_EXPANSION=false`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from encoder.preprocess import batches_by_shape
 from indexer.filtered_search import search_allowed
 from indexer.filters import Expr
 from indexer.products import ProductRecord
@@ -153,14 +155,24 @@ def search(snap: Snapshot, xq: np.ndarray, plan: SearchPlan) -> list[SearchAnswe
     return answers  # type: ignore[return-value]
 
 
-def embed(snap: Snapshot, batch: np.ndarray, novelty: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Embed a normalised image batch (B, 3, S, S) with the index's model; the novelty percentiles
-    when the model offers them (and `novelty`)."""
+def embed(
+    snap: Snapshot, pixels: Sequence[np.ndarray], novelty: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embed resized uint8 query images (H, W, 3) with the index's model, one forward pass per input
+    shape; the novelty percentiles too when the model offers them (and `novelty`)."""
     enc = snap.encoder
-    xq = enc.embed(batch)
-    fn = getattr(enc, "novelty_percentile", None) if novelty else None
-    values = fn(batch) if fn is not None else None
-    return xq, None if values is None else np.asarray(values, np.float64)
+    xq = np.zeros((len(pixels), enc.dim), np.float32)
+    values: np.ndarray | None = np.zeros(len(pixels), np.float64) if novelty else None
+    for positions, stack in batches_by_shape(pixels):
+        batch = enc.preprocess.normalize(stack)
+        xq[positions] = enc.embed(batch)
+        if values is not None:
+            found = enc.novelty_percentile(batch)
+            if found is None:
+                values = None
+            else:
+                values[positions] = found
+    return xq, values
 
 
 def answer_images(
@@ -174,8 +186,7 @@ def answer_images(
     if not images:
         return [], None
     pre = snap.encoder.preprocess
-    batch = np.stack([pre.to_array(im) for im in images])
-    xq, nov = embed(snap, batch, novelty)
+    xq, nov = embed(snap, [pre.to_uint8(im) for im in images], novelty)
     return search(snap, xq, plan), nov
 
 

@@ -48,15 +48,15 @@ RELOAD_INTERVAL = 0.5  # seconds between checks for a newer generation (one inde
 
 @dataclass
 class Query:
-    """One request's images (decoded and resized, uint8 (n, S, S, 3)), searched in one snapshot."""
+    """One request's images (decoded and resized, uint8 (H, W, 3) each), searched in one snapshot."""
 
     snapshot: Snapshot
-    pixels: np.ndarray
+    pixels: list[np.ndarray]
     plan: SearchPlan  # k, filter's ids, grouping, search knobs: resolved in the request's thread
 
     @property
     def shape(self) -> tuple[int, ...]:  # lets the batcher count images
-        return self.pixels.shape
+        return (len(self.pixels),)
 
 
 @dataclass
@@ -332,8 +332,8 @@ class SearchEngine:
         opts = SearchOptions(k, label, filter, group_by, params, exclude, expand=self.query_expansion)
         return plan_search(snap, opts)
 
-    def search(self, snap: Snapshot, pixels: np.ndarray, **options: object) -> list[Answer]:
-        """Search uint8 images (n, S, S, 3) in `snap`, batched with concurrent requests (`options`:
+    def search(self, snap: Snapshot, pixels: list[np.ndarray], **options: object) -> list[Answer]:
+        """Search uint8 images (H, W, 3) in `snap`, batched with concurrent requests (`options`:
         those of `plan`).
 
         :raise FilterError: a bad filter.
@@ -365,8 +365,8 @@ class SearchEngine:
             group = [queries[n] for n in members]
             starts = np.cumsum([0] + [len(q.pixels) for q in group])
             t0 = time.perf_counter()
-            batch = snap.encoder.preprocess.normalize(np.concatenate([q.pixels for q in group]))
-            xq, novelty = querying.embed(snap, batch, self.novelty)  # (B, dim)
+            pixels = [p for q in group for p in q.pixels]
+            xq, novelty = querying.embed(snap, pixels, self.novelty)  # (B, dim)
             t1 = time.perf_counter()
             found: list[list[SearchAnswer]] = [[] for _ in group]
             calls: dict[tuple, list[int]] = {}  # queries with the same plan (but k): one search call

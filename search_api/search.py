@@ -40,7 +40,7 @@ def search(args: dict, upload: object) -> dict:
     with get_engine().snapshot() as snap:
         pixels, query = decode(data, filename, snap)
         decoded = time.perf_counter()
-        (answer,) = get_engine().search(snap, pixels[None], **search_kwargs(args))
+        (answer,) = get_engine().search(snap, [pixels], **search_kwargs(args))
         return {
             **answers.header(snap.generation, args, answer.answer.grouped, answer.answer.exact),
             "query": query,
@@ -90,7 +90,7 @@ def search_batch(args: dict, upload: object) -> dict:
             good.append((entry, pixels, (time.perf_counter() - t) * 1000))
         exact = all(s.index_type == "flat" for s in snap.segments)
         if good:
-            results = get_engine().search(snap, np.stack([p for _, p, _ in good]), **search_kwargs(args))
+            results = get_engine().search(snap, [p for _, p, _ in good], **search_kwargs(args))
             for (entry, _, decode_ms), answer in zip(good, results, strict=True):
                 entry.update(answer_body(answer, decode_ms, t0))
             exact = all(a.answer.exact for a in results)

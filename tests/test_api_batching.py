@@ -162,12 +162,12 @@ def test_engine_batch_mixes_k_and_labels_correctly(catalog):
     try:
         with eng.snapshot() as snap:
             pre = snap.encoder.preprocess
-            px = [pre.to_uint8(load_image(p))[None] for p in catalog.query_paths()[:4]]
+            px = [pre.to_uint8(load_image(p)) for p in catalog.query_paths()[:4]]
             queries = [
-                Query(snap, px[0], eng.plan(snap, k=3)),
-                Query(snap, px[1], eng.plan(snap, k=7, label="rings")),
-                Query(snap, np.concatenate([px[2], px[3]]), eng.plan(snap, k=5)),
-                Query(snap, px[3], eng.plan(snap, k=2, label="mugs")),
+                Query(snap, [px[0]], eng.plan(snap, k=3)),
+                Query(snap, [px[1]], eng.plan(snap, k=7, label="rings")),
+                Query(snap, [px[2], px[3]], eng.plan(snap, k=5)),
+                Query(snap, [px[3]], eng.plan(snap, k=2, label="mugs")),
             ]
             together = eng._process(queries)
             alone = [eng._process([q])[0] for q in queries]
