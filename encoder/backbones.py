@@ -144,9 +144,9 @@ class FeatureExtractor(nn.Module):
             side = torch.sym_min(h, w)
             x = x.narrow(2, (h - side) // 2, side).narrow(3, (w - side) // 2, side)
         if size != self.input_size:
-            x = F.interpolate(
-                x, scale_factor=size / self.input_size, mode="bilinear", align_corners=False, antialias=True
-            )
+            # output sizes, not a scale factor: onnxruntime's antialias then agrees with torch's
+            h, w = x.shape[2] * size // self.input_size, x.shape[3] * size // self.input_size
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         return x.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -75,11 +75,15 @@ def test_impossible_pseudo_lda_settings_are_refused(classes, dim):
         fit_pseudo_lda(X[:, :4], classes, dim)
 
 
-def test_the_lda_preset_is_typed_and_a_bad_reducer_is_refused():
-    cfg = preset("effnet-lite01-lda-qe")
+LDA_PRESETS = ("effnet-lite01-lda-qe", "effnet-lite01-whole-lda-qe")
+
+
+@pytest.mark.parametrize("name", LDA_PRESETS)
+def test_the_lda_presets_are_typed_and_a_bad_reducer_is_refused(name):
+    cfg = preset(name)
     assert cfg.reducer == "pseudo-lda" and cfg.code_dim == 64 and cfg.query_expansion == 3
     assert cfg.pseudo_classes == 128 and cfg.lda_input_dim == 128
-    assert all(p.reducer == "pca" for name, p in PRESETS.items() if name != "effnet-lite01-lda-qe")
+    assert all(p.reducer == "pca" for name, p in PRESETS.items() if name not in LDA_PRESETS)
 
 
 @pytest.fixture(scope="module")

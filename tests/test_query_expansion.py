@@ -10,7 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from encoder import load_image
-from encoder.config import ModelDirError, PretrainedModelConfig, config_to_dict, parse_model_config
+from encoder.config import (
+    CONFIG_VERSION,
+    ModelDirError,
+    PretrainedModelConfig,
+    config_to_dict,
+    parse_model_config,
+)
 from encoder.model_dir import read_model_dir, save_model_dir
 from encoder.pretrained import preprocess_for, preset
 from imgrec.cli import cli
@@ -67,7 +73,7 @@ def test_the_qe_preset_carries_its_expansion_and_the_others_none():
 def test_the_expansion_round_trips_and_is_covered_by_the_fingerprint(tmp_path):
     qe, plain = _config("effnet-lite01-pca-qe"), _config("effnet-lite01-pca")
     written = config_to_dict(qe)
-    assert written["version"] == 3
+    assert written["version"] == CONFIG_VERSION
     assert parse_model_config(written).pretrained.query_expansion == 3
     old = config_to_dict(plain)
     old["version"] = 2
@@ -188,7 +194,7 @@ def _expected(index, queries, expand_on: bool) -> list[list[int]]:
         plan = plan_search(snap, SearchOptions(k=5, group_by="none", expand=expand_on))
         out = []
         for p in sorted(queries.rglob("*.jpg")):
-            xq, _ = embed(snap, snap.encoder.preprocess.to_array(load_image(p))[None], novelty=False)
+            xq, _ = embed(snap, [snap.encoder.preprocess.to_uint8(load_image(p))], novelty=False)
             out.append(_ids(search(snap, xq, plan))[0])
         return out
     finally:
