@@ -128,8 +128,10 @@ def echo_fitted(result: TrainResult) -> None:
     cfg, t = result.fitted, result.fitted.training
     fitted = t.get("reducer", cfg.pretrained.reducer)  # what was fitted (pseudo-lda falls back to pca)
     reducer = f"{fitted} to {cfg.code_dim}-d" if cfg.pretrained.code_dim else "none"
+    views = cfg.pretrained.views
+    seen = f"views {views}" if views else f"{cfg.preprocess.image_size} px"  # e.g. whole@224+center@260
     click.echo(
-        f"fitted on {t['images']} images: {cfg.feature_dim}-d features of {cfg.arch} at {cfg.preprocess.image_size} px "
+        f"fitted on {t['images']} images: {cfg.feature_dim}-d features of {cfg.arch} at {seen} "
         f"({t['images_per_second']} img/s), reducer {reducer}, {result.seconds:.1f} s"
     )
     files = ["model.safetensors (reducer)", "config.json", "FINGERPRINT"]
