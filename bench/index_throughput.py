@@ -119,9 +119,9 @@ def bench_model(
     naive_limit: int,
 ) -> dict:
     """D, F, E, N of encoder `name` (a model dir fitted on `fit_images`) on `inventory`."""
-    import numpy as np
 
     from encoder import load_encoder
+    from encoder.preprocess import batches_by_shape
     from indexer.ingest import available_cores
     from indexer.scan import scan_inventory
 
@@ -140,13 +140,17 @@ def bench_model(
         row["D1"], _ = decode_rate(files, encoder.preprocess, 1)
         row["Dw"], ok = decode_rate(files, encoder.preprocess, workers)
         row["D"] = max(row["D1"], row["Dw"])
-        x = encoder.preprocess.normalize(np.stack([d.pixels for d in ok]))  # (N, 3, S, S)
-        batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
+        batches = [  # (b, 3, H, W): one shape per batch (a whole-photo preset has up to three)
+            x[i : i + batch_size]
+            for _, stack in batches_by_shape([d.pixels for d in ok])
+            for x in [encoder.preprocess.normalize(stack)]
+            for i in range(0, len(x), batch_size)
+        ]
         del ok
         row["F1"] = forward_rate(encoder, batches, 1)
         row["Fall"] = forward_rate(encoder, batches, cores) if cores > 1 else row["F1"]
         row["F"] = max(row["F1"], row["Fall"])
-        del x, batches
+        del batches
         row["E"], row["E_cpu_ms"] = index_rate(
             inventory, model_dir, work, batch_size=batch_size, workers=workers
         )
