@@ -30,9 +30,8 @@ from encoder.pretrained import PRESETS as PRETRAINED_PRESETS
 MODELS: list[str] = ["simple-ae", "conv-ae", "res-ae"]
 # What `imgrec train --model` accepts, and the default: the best measured on clothing (docs/quality.md).
 TRAINABLE_MODELS: list[str] = [*MODELS, *PRETRAINED_PRESETS]
-DEFAULT_MODEL: str = (
-    "effnet-lite01-whole-lda-qe"  # Lite0 on the whole photo, pseudo-lda, alpha-QE (docs/quality.md)
-)
+# Lite0 on the whole photo, Lite1 on its centre, pseudo-lda codes, alpha-QE (docs/quality.md, fourth pass)
+DEFAULT_MODEL: str = "effnet-lite01-whole-lda-qe"
 
 
 def set_compute_threads(n: int) -> None:
