@@ -20,7 +20,7 @@ from PIL import Image
 
 from encoder.config import ModelConfig, ModelDirError, parse_model_config
 from encoder.model_dir import read_model_dir
-from encoder.preprocess import Preprocess, batches_by_shape
+from encoder.preprocess import Preprocess, map_by_shape
 
 
 class Encoder:
@@ -61,12 +61,11 @@ class Encoder:
     def embed_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Resized uint8 images (H, W, 3), shapes possibly differing -> (N, dim) vectors, in order.
 
-        Images of one shape run as one batch (`preprocess.batches_by_shape`).
+        Images of one shape run as one batch (`preprocess.map_by_shape`).
         """
-        out = np.zeros((len(pixels), self.dim), np.float32)
-        for positions, stack in batches_by_shape(pixels):
-            out[positions] = self.embed_uint8(stack)
-        return out
+        if not len(pixels):
+            return np.zeros((0, self.dim), np.float32)
+        return map_by_shape(pixels, self.embed_uint8)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Decoded RGB images -> (N, dim) vectors."""

@@ -27,7 +27,13 @@ from encoder.config import PretrainedConfig, PretrainedModelConfig, trunk_finger
 from encoder.feature_cache import write_cache
 from encoder.model_dir import file_sha256, save_model_dir
 from encoder.novelty import novelty_reference
-from encoder.preprocess import ImageDecodeError, ImageTooLargeError, batches_by_shape, load_image
+from encoder.preprocess import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    batches_by_shape,
+    load_image,
+    map_by_shape,
+)
 from encoder.pretrained import preprocess_for
 from encoder.reducer import NOVELTY_FOLDS, Reducer, cross_fitted_errors, fit_pca, fit_pseudo_lda
 
@@ -225,7 +231,9 @@ def extract_features(
             pending = [pool.submit(_read, p, pre) for p in chunks[i + 1]] if i + 1 < len(chunks) else []
             ok = [r for r in results if r is not None]
             if ok:
-                feats.append(_features_by_shape(extractor, pre, [r[1] for r in ok]))  # (B, C)
+                feats.append(
+                    map_by_shape([r[1] for r in ok], lambda u8: extractor(pre.normalize(u8)))
+                )  # (B, C)
                 shas.extend(r[0] for r in ok)
                 sizes.extend(r[2] for r in ok)
             done += len(chunk)
@@ -234,19 +242,3 @@ def extract_features(
     if not feats:
         raise ValueError("no readable images to fit on")
     return np.concatenate(feats).astype(np.float32), shas, np.asarray(sizes, np.int32).reshape(-1, 2)
-
-
-def _features_by_shape(
-    extractor: Callable[[np.ndarray], np.ndarray],
-    pre,  # noqa: ANN001 - Preprocess
-    pixels: list[np.ndarray],
-) -> np.ndarray:
-    """Features (B, C) of uint8 images, in order: one forward pass per distinct input shape."""
-    out: np.ndarray | None = None
-    for positions, stack in batches_by_shape(pixels):
-        f = extractor(pre.normalize(stack))
-        if out is None:
-            out = np.zeros((len(pixels), f.shape[1]), np.float32)
-        out[positions] = f
-    assert out is not None
-    return out

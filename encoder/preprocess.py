@@ -10,7 +10,7 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -248,3 +248,14 @@ def batches_by_shape(pixels: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray,
         groups.setdefault(a.shape, []).append(i)
     for positions in groups.values():
         yield np.asarray(positions, np.int64), np.stack([pixels[i] for i in positions])
+
+
+def map_by_shape(pixels: Sequence[np.ndarray], fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """`fn(uint8 stack) -> (b, ...)` run once per shape (`batches_by_shape`); rows back in input order."""
+    positions, parts = [], []
+    for pos, stack in batches_by_shape(pixels):
+        positions.append(pos)
+        parts.append(np.asarray(fn(stack)))
+    out = np.empty((len(pixels), *parts[0].shape[1:]), parts[0].dtype)
+    out[np.concatenate(positions)] = np.concatenate(parts)
+    return out

@@ -15,7 +15,7 @@ from encoder.backbones import FeatureExtractor
 from encoder.config import PretrainedConfig, trunk_views
 from encoder.fit import GRAPH, fit_pretrained
 from encoder.images import find_images
-from encoder.preprocess import Preprocess, batches_by_shape
+from encoder.preprocess import Preprocess, batches_by_shape, map_by_shape
 from encoder.runtime import OnnxGraph
 from imgrec.synthetic import make_catalog
 from indexer.querying import SearchOptions, answer_images
@@ -60,6 +60,8 @@ def test_batches_by_shape_groups_and_keeps_positions():
     assert [list(p) for p, _ in groups] == [[0, 2], [1]]
     assert groups[0][1].shape == (2, 4, 3, 3) and (groups[0][1][1] == 2).all()
     assert groups[1][1].shape == (1, 3, 4, 3)
+    means = map_by_shape([a, b, c], lambda stack: stack.reshape(len(stack), -1).mean(1))
+    assert means.tolist() == [0.0, 1.0, 2.0]  # one call per shape, rows back in input order
 
 
 @pytest.mark.parametrize(
