@@ -51,6 +51,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from indexer.durable import fsync_path
 
+SCHEMA_REVISION = "0006"
+"""The Alembic revision these models describe: the head of `migrations/` (a test keeps them equal).
+Readers compare a catalog against it with one SELECT, so serving never imports Alembic."""
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -337,12 +341,34 @@ def read_snapshot(engine: Engine) -> Iterator[Session]:
         yield session  # closing the session rolls the read transaction back
 
 
+def catalog_revision(url: str) -> str | None:
+    """The Alembic revision a catalog is at (None: no file, or not made by Alembic), read without
+    importing Alembic. Errors other than a missing version table (disk full...) are raised."""
+    from sqlalchemy import pool
+    from sqlalchemy.exc import OperationalError
+
+    path = url.removeprefix("sqlite:///")
+    if path == url or not Path(path).exists():
+        return None
+    engine = create_engine(url, poolclass=pool.NullPool, connect_args={"timeout": 30})
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    except OperationalError as e:
+        if "no such table" in str(e.orig):
+            return None
+        raise
+    finally:
+        engine.dispose()
+    return rows[0][0] if len(rows) == 1 else None
+
+
 def open_database(index_dir: str | Path, *, migrate: bool = True) -> Engine:
     """Open (and with `migrate`, create or upgrade) the catalog of an index dir."""
-    from indexer.migrate import upgrade
-
     url = database_url(index_dir)
-    if migrate:
+    if migrate and catalog_revision(url) != SCHEMA_REVISION:  # Alembic is imported only to migrate
+        from indexer.migrate import upgrade
+
         path = Path(index_dir).resolve() / DATABASE_FILE
         if not path.exists():
             _create_catalog(path)

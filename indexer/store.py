@@ -35,16 +35,17 @@ from indexer.bulk import chunk_size, chunks
 from indexer.damage import ModelCopyMissingError, SegmentDamagedError
 from indexer.db import (
     DATABASE_FILE,
+    SCHEMA_REVISION,
     Generation,
     GenerationSegment,
     IndexState,
     Item,
     Segment,
+    catalog_revision,
     make_engine,
     read_snapshot,
 )
 from indexer.db import database_url as _database_url
-from indexer.migrate import current_revision, head_revision
 from indexer.segment_search import OpenSegment, Part, SegmentFileError, search_parts
 from indexer.segments import SegmentInfo, checksum_hex, decode_ids, ids_sum
 
@@ -439,7 +440,7 @@ def open_snapshot(
     if not has_catalog(index_dir):
         raise IndexNotFoundError(f"no index in {index_dir} (build one with `imgrec index`)")
     url = _database_url(index_dir)
-    if current_revision(url) != head_revision():
+    if catalog_revision(url) != SCHEMA_REVISION:
         raise IndexNotFoundError(f"{index_dir}: catalog schema is not up to date (run `imgrec index` once)")
     known: dict[tuple[int, str], OpenSegment] = {}
     if reuse is not None and reuse.index_dir.resolve() == index_dir.resolve():

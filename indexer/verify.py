@@ -33,7 +33,15 @@ from indexer.damage import (
     SegmentDamagedError,
     as_damage,
 )
-from indexer.db import Generation, GenerationSegment, IndexState, Segment, make_engine
+from indexer.db import (
+    SCHEMA_REVISION,
+    Generation,
+    GenerationSegment,
+    IndexState,
+    Segment,
+    catalog_revision,
+    make_engine,
+)
 from indexer.db import database_url as _database_url
 from indexer.segment_search import SegmentFileError, check_segment_file
 from indexer.segments import SegmentInfo
@@ -253,12 +261,10 @@ def check_generation(index_dir: str | Path, generation_id: int | None = None, *,
     index_dir = Path(index_dir)
     if not has_catalog(index_dir):
         return
-    from indexer.migrate import current_revision, head_revision
-
     url = _database_url(index_dir)
     engine = make_engine(url)
     try:
-        if current_revision(url) != head_revision():
+        if catalog_revision(url) != SCHEMA_REVISION:
             return  # an older schema: the command says so (or upgrades it) itself
         with Session(engine) as session:
             if generation_id is None:

@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from indexer.db import Base
+from indexer.db import SCHEMA_REVISION, Base, catalog_revision
 from indexer.migrate import current_revision, downgrade, head_revision, upgrade
 
 
@@ -20,6 +20,24 @@ def test_upgrade_head_and_downgrade_base(tmp_path):
     assert current_revision(url) is None
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     engine.dispose()
+
+
+def test_the_models_schema_revision_is_the_migrations_head():
+    """Readers check a catalog against `SCHEMA_REVISION` without Alembic: a new migration must move it."""
+    assert head_revision() == SCHEMA_REVISION
+
+
+def test_catalog_revision_reads_what_alembic_reads_at_every_step(tmp_path):
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    assert catalog_revision(url) is None  # no file: none made either
+    assert not (tmp_path / "catalog.sqlite").exists()
+    (tmp_path / "catalog.sqlite").write_bytes(b"")
+    assert catalog_revision(url) is None  # not made by Alembic
+    for rev in ("0001", "0003", "head"):
+        upgrade(url, rev)
+        assert catalog_revision(url) == current_revision(url) is not None
+    downgrade(url, "0002")
+    assert catalog_revision(url) == current_revision(url) == "0002"
 
 
 def test_orm_matches_migrated_schema(tmp_path):

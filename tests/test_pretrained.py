@@ -25,6 +25,7 @@ from encoder.pretrained import PretrainedEncoder, preprocess_for
 from encoder.reducer import Reducer, fit_pca
 from encoder.runtime import OnnxGraph
 from imgrec.synthetic import make_catalog
+from indexer import run_index
 
 MILITARY_UNIFORM, SUIT, WINDSOR_TIE, MORTARBOARD = 652, 834, 906, 667  # ImageNet class ids
 TINY = 64  # input side for tests: cheap forward passes and exports
@@ -150,6 +151,22 @@ print("torch" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_an_api_worker_starts_without_torch_or_alembic(fitted: tuple[Path, Path, Path], tmp_path: Path):
+    """Worker start-up pays for neither: the model runs in onnxruntime, the catalog's schema
+    revision is read with one SELECT (`indexer.db.SCHEMA_REVISION`)."""
+    model_dir, inventory, _ = fitted
+    run_index(inventory, model_dir, tmp_path / "index")
+    code = f"""
+import sys
+from search_api import create_app
+app = create_app({{"INDEX": {str(tmp_path / "index")!r}, "RELOAD_INTERVAL": 0}})
+assert app.extensions["imgrec"].status().ready
+print(" ".join(m for m in ("torch", "alembic") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()} {out.stderr}"
 
 
 def test_novelty_is_higher_for_a_foreign_image(fitted: tuple[Path, Path, Path]):
