@@ -46,6 +46,22 @@ RETRY_FAILED_AFTER = 30.0  # seconds before retrying a generation that failed to
 RELOAD_INTERVAL = 0.5  # seconds between checks for a newer generation (one indexed row per check)
 
 
+def release_freed_heap() -> bool:
+    """Hand the heap freed while opening a generation back to the OS (glibc `malloc_trim`).
+
+    Opening a million-item segment parses its ids and leaves tens of MB freed but kept by glibc, in
+    every worker (measured in docs/performance.md, "Memory and start-up"). False where there is no
+    glibc.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl)
+        return False
+    return True
+
+
 @dataclass
 class Query:
     """One request's images (decoded and resized, uint8 (H, W, 3) each), searched in one snapshot."""
@@ -209,6 +225,7 @@ class SearchEngine:
             self._failed = None
             self.damage = None
             self._swap(snap)
+            release_freed_heap()
             return True
 
     def _refuse(self, generation: int | None, damage: IndexDamageError) -> str:
