@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import CLOTHING, ROOT, inventory_images, machine, median, write_json
+from _common import CLOTHING, ROOT, compile_bytecode, inventory_images, machine, median, write_json
 
 BIN = Path(sys.executable).parent
 TODAY = ["--model", "effnet-lite02-pca", "--runtime", "torch", "--no-feature-cache"]
@@ -74,16 +74,6 @@ def worker_startup(index: Path) -> float:
     if proc.wait() != 0 or line.strip() != "ready":
         raise RuntimeError(f"worker on {index} did not start (exit {proc.returncode})")
     return ready
-
-
-def compile_bytecode() -> None:
-    """Byte-compile imgrec's own modules, as an install has them (pip compiles at install; a first
-    import writes them) unless PYTHONDONTWRITEBYTECODE is set, as on our CI machines: every
-    process would compile them again, about 0.2 s of each start-up here."""
-    import compileall
-
-    for package in ("encoder", "indexer", "search_api", "migrations", "imgrec"):
-        compileall.compile_dir(ROOT / package, quiet=1)
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ Starts the API with the project's gunicorn config (`search_api.gunicorn_conf`) a
 - PSS (proportional set size: shared pages divided among the processes sharing them) summed over
   the master and workers, after queries have touched every vector; also USS (private pages);
 - the same for a 1,000-item index with the same model: the memory that is not the index (Python,
-  torch, FAISS, Flask per worker), subtracted to get what the index costs.
+  FAISS, onnxruntime, Flask per worker), subtracted to get what the index costs.
 
 Target: index memory <= 1.5x one copy of the vectors with mmap (against about 4x without), ready
 in under 2 s. IMGREC_MMAP=1/0 selects the mode (the API's own config switch).
@@ -25,7 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, median, query_jpeg, results_path, synthetic_index_dir, table, write_json
+from _common import (
+    compile_bytecode,
+    machine,
+    median,
+    query_jpeg,
+    results_path,
+    synthetic_index_dir,
+    table,
+    write_json,
+)
 from search_throughput import run_clients, start_api, stop_api, wait_ready
 
 MB = 1024 * 1024
@@ -50,7 +59,7 @@ def memory(proc: subprocess.Popen) -> dict:
 # The project's gunicorn config, plus the heavy imports done once in the master (nothing runs: no
 # OpenMP pool exists before the fork); workers fork with them loaded instead of importing each.
 PRELOAD_CONF = """from search_api.gunicorn_conf import *  # noqa: F403
-import numpy, torch, faiss, flask, apiflask, sqlalchemy, PIL.Image  # noqa: E401, F401
+import numpy, faiss, onnxruntime, flask, apiflask, sqlalchemy, PIL.Image  # noqa: E401, F401
 import encoder, indexer, search_api, search_api.engine, search_api.search  # noqa: E401, F401
 """
 
@@ -101,7 +110,7 @@ def startup_breakdown(index_dir: Path) -> dict:
     code = f"""
 import json, time
 t0 = time.perf_counter()
-import numpy, torch, faiss, flask, apiflask, sqlalchemy  # noqa
+import numpy, faiss, onnxruntime, flask, apiflask, sqlalchemy  # noqa
 import search_api, search_api.engine  # noqa
 t1 = time.perf_counter()
 from indexer import open_snapshot
@@ -131,6 +140,7 @@ def main() -> None:
     args = ap.parse_args()
 
     big, small = synthetic_index_dir(args.n), synthetic_index_dir(1000)
+    compile_bytecode()
     one_copy_mb = args.n * 128 * 4 / MB
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "imgrec-bench-api.log"
     results: dict = {
